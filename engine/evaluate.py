@@ -1,0 +1,174 @@
+"""Evaluation data, WER/CER after Whisper's English normalizer, and real-time factor."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from engine.audio import SAMPLE_RATE, load_audio
+from engine.errors import DatasetError
+from engine.models import LoadedModel
+from engine.transcribe import transcribe
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    path: Path
+    reference: str
+
+
+def _find_audio(folder: Path, stem_or_name: str) -> Path | None:
+    direct = folder / stem_or_name
+    if direct.suffix.lower() in AUDIO_SUFFIXES and direct.is_file():
+        return direct
+    for suffix in AUDIO_SUFFIXES:
+        candidate = folder / f"{stem_or_name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_refs_tsv(path: Path) -> list[Utterance]:
+    """filename TAB transcript [TAB extra columns...]; a header line is allowed."""
+    utterances = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for row_number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            if len(row) < 2 or not row[0].strip():
+                continue
+            audio = _find_audio(path.parent, row[0].strip())
+            if audio is None:
+                if row_number == 0:
+                    continue  # header
+                raise DatasetError(f"{path} line {row_number + 1} names {row[0]!r}, which is not in {path.parent}.")
+            utterances.append(Utterance(audio.stem, audio, row[1].strip()))
+    return utterances
+
+
+def _read_librispeech(folder: Path) -> list[Utterance]:
+    """LibriSpeech layout: speaker/chapter/*.trans.txt with 'utt-id TRANSCRIPT' lines."""
+    utterances = []
+    for trans in sorted(folder.rglob("*.trans.txt")):
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            utt_id, _, text = line.partition(" ")
+            audio = _find_audio(trans.parent, utt_id)
+            if audio is None:
+                raise DatasetError(f"{trans} lists {utt_id}, but no audio file of that name is beside it.")
+            utterances.append(Utterance(utt_id, audio, text.strip()))
+    return utterances
+
+
+def load_dataset(folder: str | Path) -> list[Utterance]:
+    """Utterances of a data folder with refs.tsv or LibriSpeech *.trans.txt files, sorted by id."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"The data folder {folder} does not exist.")
+    if (folder / "refs.tsv").is_file():
+        utterances = _read_refs_tsv(folder / "refs.tsv")
+    else:
+        utterances = _read_librispeech(folder)
+    if not utterances:
+        raise DatasetError(f"{folder} has no refs.tsv or LibriSpeech *.trans.txt transcripts with matching audio.")
+    return sorted(utterances, key=lambda u: u.id)
+
+
+def split_calibration(utterances: Sequence[Utterance], n_calibration: int, seed: int) -> tuple[list, list]:
+    """Draw n_calibration utterances by seed; the rest is for evaluation. The two never overlap."""
+    if not 0 <= n_calibration <= len(utterances):
+        raise DatasetError(f"Cannot draw {n_calibration} calibration clips from {len(utterances)} utterances.")
+    order = list(range(len(utterances)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:n_calibration])
+    calibration = [u for i, u in enumerate(utterances) if i in chosen]
+    evaluation = [u for i, u in enumerate(utterances) if i not in chosen]
+    return calibration, evaluation
+
+
+class TextScorer:
+    """WER/CER after Whisper's English normalizer (numbers, spellings, punctuation)."""
+
+    def __init__(self) -> None:
+        self._normalize = EnglishTextNormalizer()
+
+    def normalize(self, text: str) -> str:
+        return self._normalize(text)
+
+    def score(self, references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, float]:
+        """Corpus-level (WER, CER) as fractions; empty normalized references are skipped."""
+        pairs = [(self.normalize(r), self.normalize(h)) for r, h in zip(references, hypotheses)]
+        pairs = [(r, h) for r, h in pairs if r]
+        if not pairs:
+            return 0.0, 0.0
+        refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
+        return jiwer.wer(refs, hyps), jiwer.cer(refs, hyps)
+
+
+@dataclass(frozen=True)
+class UtteranceResult:
+    id: str
+    reference: str
+    hypothesis: str
+    wer: float
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Corpus scores as fractions; rtf is processing seconds per audio second."""
+
+    n_utterances: int
+    wer: float
+    cer: float
+    rtf: float
+    audio_seconds: float
+    utterances: tuple[UtteranceResult, ...]
+
+    def to_dict(self, per_utterance: bool = False) -> dict:
+        data = asdict(self)
+        if not per_utterance:
+            data.pop("utterances")
+        return data
+
+
+def evaluate(
+    loaded: LoadedModel,
+    utterances: Sequence[Utterance],
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+    scorer: TextScorer | None = None,
+) -> EvalReport:
+    """Transcribe every utterance and score it; decoding time excludes file loading."""
+    scorer = scorer or TextScorer()
+    audios = [load_audio(u.path) for u in utterances]
+    start = time.perf_counter()
+    hypotheses = transcribe(loaded, audios, batch_size=batch_size, progress=progress)
+    elapsed = time.perf_counter() - start
+    seconds = sum(len(a) for a in audios) / SAMPLE_RATE
+    wer, cer = scorer.score([u.reference for u in utterances], hypotheses)
+    per_utt = tuple(
+        UtteranceResult(u.id, u.reference, h, scorer.score([u.reference], [h])[0])
+        for u, h in zip(utterances, hypotheses)
+    )
+    return EvalReport(len(utterances), wer, cer, elapsed / seconds if seconds else 0.0, seconds, per_utt)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return float(np.mean(values)), (statistics.stdev(values) if len(values) > 1 else 0.0)

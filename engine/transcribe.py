@@ -1,0 +1,65 @@
+"""Audio to text with a LoadedModel: batched greedy decoding, long-form audio transcribed whole."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine.audio import SAMPLE_RATE
+from engine.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CHUNK_SECONDS = 30  # Whisper's fixed input window
+ProgressFn = Callable[[float, str], None]
+
+
+def _generate(loaded: LoadedModel, batch: Sequence[np.ndarray], long_form: bool, language: str | None) -> list[str]:
+    extractor = loaded.feature_extractor
+    if long_form:
+        # Keep the full length; transformers' generate walks it window by window using timestamps.
+        inputs = extractor(list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+                           padding="longest", return_attention_mask=True)
+    else:
+        inputs = extractor(list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+    kwargs = dict(num_beams=1, do_sample=False, return_timestamps=long_form)
+    if long_form:
+        kwargs["condition_on_prev_tokens"] = False
+    if loaded.tokens.is_multilingual:
+        kwargs.update(language=language or "en", task="transcribe")
+    with torch.inference_mode():
+        out = loaded.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, **kwargs)
+    sequences = out["sequences"] if isinstance(out, dict) else out
+    return [loaded.tokens.decode(seq.tolist()) for seq in sequences]
+
+
+def transcribe(
+    loaded: LoadedModel,
+    audios: Sequence[np.ndarray],
+    batch_size: int = 8,
+    language: str | None = None,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Transcribe 16 kHz mono float32 arrays; returns one text per input, in order.
+
+    Clips up to 30 s are batched together; longer clips are transcribed whole (long-form).
+    """
+    texts: list[str | None] = [None] * len(audios)
+    limit = CHUNK_SECONDS * SAMPLE_RATE
+    short = [i for i, a in enumerate(audios) if len(a) <= limit]
+    long = [i for i, a in enumerate(audios) if len(a) > limit]
+    # Sort by length so each batch pads little.
+    batches = [(sorted(short, key=lambda i: len(audios[i])), False), (long, True)]
+    done = 0
+    for indices, long_form in batches:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            for i, text in zip(chunk, _generate(loaded, [audios[i] for i in chunk], long_form, language)):
+                texts[i] = text
+            done += len(chunk)
+            if progress:
+                progress(done / max(len(audios), 1), f"transcribed {done}/{len(audios)}")
+    return [t or "" for t in texts]

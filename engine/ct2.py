@@ -126,7 +126,7 @@ def read_model_bin(paths: str | Path | list[Path]) -> CT2Model:
 
 
 def _t(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy of the file's bytes
 
 
 def _attention(model: CT2Model, src: str, dst: str, fused_qkv: bool, sd: dict) -> None:

@@ -142,8 +142,8 @@ def generation_config_for(dims: ct2.WhisperDims, tokens: WhisperTokens, ct2_conf
         pad_token_id=tokens.end_of_text,
         decoder_start_token_id=tokens.start_of_transcript,
         max_length=dims.max_target_positions,
-        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [220, tokens.end_of_text])),
+        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
+        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, tokens.end_of_text]),
         no_timestamps_token_id=tokens.no_timestamps,
         prev_sot_token_id=tokens.start_of_prev,
         max_initial_timestamp_index=50,  # 1.0 s, as in openai-whisper

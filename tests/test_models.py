@@ -1,0 +1,67 @@
+"""The converted tiny.en against CTranslate2 (faster-whisper's engine) and the registry's error paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.audio import load_audio
+from engine.errors import ModelUnavailableError
+from engine.evaluate import load_dataset
+from engine.models import REGISTRY, available_models, load_model
+from engine.transcribe import transcribe
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_en_generation_config_is_english_only(tiny):
+    gen = tiny.model.generation_config
+    assert not tiny.tokens.is_multilingual and gen.is_multilingual is False
+    assert gen.decoder_start_token_id == tiny.tokens.start_of_transcript == 50257
+    assert gen.no_timestamps_token_id == 50362
+    assert gen.begin_suppress_tokens == [220, 50256]
+    assert len(gen.suppress_tokens) > 50  # from the CT2 config.json
+
+
+def test_same_words_as_ctranslate2_on_real_clips(tiny, test_other):
+    """Greedy decoding on identical log-mel features: our converted model and CTranslate2's engine agree."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    utterances = load_dataset(test_other)[::5]  # 10 clips, two per speaker
+    audios = [load_audio(u.path) for u in utterances]
+    ours = transcribe(tiny, audios)
+    folder = REGISTRY["tiny.en"].locate().model_parts[0].parent
+    engine = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32", intra_threads=2)
+    features = tiny.feature_extractor(audios, sampling_rate=16000, return_tensors="np").input_features
+    prompt = [tiny.tokens.start_of_transcript, tiny.tokens.no_timestamps]
+    results = engine.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
+                              [prompt] * len(audios), beam_size=1, suppress_blank=True, suppress_tokens=[-1])
+    theirs = [tiny.tokens.decode(r.sequences_ids[0]) for r in results]
+    assert ours == theirs
+
+
+def test_unknown_model_is_one_sentence_without_network_wait():
+    with pytest.raises(ModelUnavailableError, match="not available") as info:
+        load_model("no-such-model")
+    assert "\n" not in str(info.value)
+
+
+def test_folder_without_a_model_is_rejected(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="neither a CTranslate2"):
+        load_model(str(tmp_path))
+
+
+def test_registry_lists_tiny_en_as_installed():
+    rows = {r["name"]: r for r in available_models()}
+    assert rows["tiny.en"]["installed"]
+    assert set(rows) >= {"tiny.en", "base", "small"}
+
+
+def test_converted_model_is_cached_and_reloaded(tiny):
+    from engine.models import cache_dir
+
+    cached = list((cache_dir() / "models").glob("tiny.en-*/model.safetensors"))
+    assert len(cached) == 1
+    again = load_model("tiny.en")
+    assert all(
+        (a == b).all() for a, b in zip(tiny.model.state_dict().values(), again.model.state_dict().values())
+    )

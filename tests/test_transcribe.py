@@ -1,0 +1,44 @@
+"""Real transcription: the JFK clip in its hardest encoding, and long-form audio transcribed whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.audio import SAMPLE_RATE, load_audio
+from engine.evaluate import TextScorer, load_dataset
+from engine.transcribe import transcribe
+
+from tests.conftest import speech_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_jfk_44k_stereo_24bit_flac(tiny):
+    text = transcribe(tiny, [load_audio(speech_dir("jfk") / "jfk.flac")])[0]
+    assert "ask not what your country can do for you" in TextScorer().normalize(text)
+
+
+def test_sixty_seconds_are_transcribed_whole(tiny, test_other):
+    utterances = load_dataset(test_other)
+    clips, refs = [], []
+    for u in utterances:  # concatenate real clips until there is a minute of speech
+        clips.append(load_audio(u.path))
+        refs.append(u.reference)
+        if sum(map(len, clips)) >= 60 * SAMPLE_RATE:
+            break
+    long_audio = np.concatenate(clips)
+    assert len(long_audio) >= 60 * SAMPLE_RATE
+    text = transcribe(tiny, [long_audio])[0]
+    wer, _ = TextScorer().score([" ".join(refs)], [text])
+    assert wer < 0.35, (wer, text)
+    # The last clip's words are there: nothing after 30 s was cut.
+    last_words = TextScorer().normalize(refs[-1]).split()[-3:]
+    assert sum(w in TextScorer().normalize(text) for w in last_words) >= 2, text
+
+
+def test_batched_and_single_decoding_agree(tiny):
+    from engine.samples import sample_clips
+
+    audios = [load_audio(c.path) for c in sample_clips()[:4]]
+    assert transcribe(tiny, audios, batch_size=4) == [transcribe(tiny, [a])[0] for a in audios]

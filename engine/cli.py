@@ -32,13 +32,54 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quant_config(args: argparse.Namespace):
+    """The method config from the options the user gave (unset options keep the method's defaults)."""
+    from engine.methods import make_config
+
+    settings = {key: getattr(args, key) for key in QUANT_SETTINGS if getattr(args, key, None) is not None}
+    return make_config(args.method, **settings)
+
+
+def _layer_table(args: argparse.Namespace, loaded, config):
+    from engine.layer_table import apply_overrides, build_table, load_overrides
+
+    if not args.layers:
+        return None
+    return apply_overrides(build_table(loaded.model, config.bits, config.group_size), load_overrides(args.layers))
+
+
+def _calibration(args: argparse.Namespace, loaded, exclude=()):
+    from engine.experiment import build_calibration, calibration_clips
+    from engine.methods import get_method
+
+    if not get_method(args.method).needs_calibration:
+        return None
+    return build_calibration(loaded, calibration_clips(args.calib, args.n_calib, args.seed, exclude))
+
+
+def _model_for(args: argparse.Namespace):
+    """The model to run: a saved quantized artifact, the fp model, or the fp model quantized now."""
+    from engine.models import load_model
+
+    if args.quantized:
+        from engine.artifacts import load_quantized
+
+        return load_quantized(args.quantized)[0]
+    loaded = load_model(args.model)
+    if not args.method:
+        return loaded
+    from engine.quantize import quantize
+
+    config = _quant_config(args)
+    return quantize(loaded, config, _calibration(args, loaded), _layer_table(args, loaded, config)).loaded
+
+
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from engine.audio import load_audio
-    from engine.models import load_model
     from engine.transcribe import transcribe
 
     audios = [load_audio(path) for path in args.audio]  # fail on bad input before loading the model
-    loaded = load_model(args.model)
+    loaded = _model_for(args)
     texts = transcribe(loaded, audios, batch_size=args.batch_size, language=args.language)
     if args.json:
         print(json.dumps([{"audio": a, "text": t} for a, t in zip(args.audio, texts)], indent=2))
@@ -49,20 +90,66 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate, load_dataset
+    from engine.evaluate import evaluate
+    from engine.experiment import data_utterances, quantize_and_evaluate, summary
     from engine.models import load_model
 
-    utterances = load_dataset(args.data)
-    if args.limit:
-        utterances = utterances[: args.limit]
-    loaded = load_model(args.model)
+    utterances = data_utterances(args.data, args.limit)
+    if args.method and not args.quantized:
+        loaded = load_model(args.model)
+        config = _quant_config(args)
+        runs = quantize_and_evaluate(loaded, config, utterances, args.calib,
+                                     seeds=range(args.seed, args.seed + args.seeds), n_calib=args.n_calib,
+                                     layers=_layer_table(args, loaded, config))
+        result = {**summary(args.model, config, runs, args.per_utterance), "data": str(args.data)}
+        return _print_eval(args, result)
+    if args.quantized:
+        from engine.artifacts import load_quantized
+
+        loaded, meta = load_quantized(args.quantized)
+        head = {"model": meta["model"]["name"], "method": meta["quant_config"]["method"],
+                "bits": meta["quant_config"]["bits"], "size_bytes": meta["size"]["size_bytes"],
+                "fp32_size_bytes": meta["size"]["fp32_size_bytes"], "fake_quant": meta["fake_quant"],
+                "per_layer": meta["layer_records"]}
+    else:
+        loaded = load_model(args.model)
+        head = {"model": args.model, "method": "fp32", "bits": 32}
     report = evaluate(loaded, utterances, batch_size=args.batch_size)
-    result = {"model": args.model, "method": "fp32", "bits": 32, "data": str(args.data), **report.to_dict(args.per_utterance)}
+    result = {**head, "data": str(args.data), "wer_std": 0.0, **report.to_dict(args.per_utterance)}
+    return _print_eval(args, result)
+
+
+def _print_eval(args: argparse.Namespace, result: dict) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.model} on {args.data}: WER {100 * report.wer:.2f}%  CER {100 * report.cer:.2f}%  "
-              f"RTF {report.rtf:.3f}  ({report.n_utterances} utterances, {report.audio_seconds:.0f} s of audio)")
+        std = f" ± {100 * result['wer_std']:.2f}" if result.get("wer_std") else ""
+        size = f"  size {result['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in result else ""
+        print(f"{result['model']} {result['method']} on {args.data}: WER {100 * result['wer']:.2f}%{std}  "
+              f"CER {100 * result['cer']:.2f}%  RTF {result['rtf']:.3f}{size}  ({result['n_utterances']} utterances)")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from engine.artifacts import save_quantized
+    from engine.models import load_model
+    from engine.quantize import quantize
+
+    loaded = load_model(args.model)
+    config = _quant_config(args)
+    result = quantize(loaded, config, _calibration(args, loaded), _layer_table(args, loaded, config),
+                      progress=(lambda f, msg: log.info("%3.0f%% %s", 100 * f, msg)))
+    if args.calib and result.calibration:
+        result.calibration.update({"folder": str(args.calib), "seed": args.seed})
+    path = save_quantized(result, args.out)
+    info = {"out": str(path), "method": config.method, "config": config.to_dict(), **result.size.to_dict(),
+            "quantization_seconds": result.seconds, "fake_quant": result.fake_quant,
+            "per_layer": [r.to_dict() for r in result.layer_records]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"saved {config.method} {config.bits}-bit {args.model} to {path}: {result.size.size_bytes / 1e6:.2f} MB "
+              f"({result.size.compression_vs_fp32:.2f}x smaller than fp32) in {result.seconds:.0f} s")
     return 0
 
 
@@ -78,6 +165,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ui.app import launch  # the UI package is only imported for this command
 
     launch(host=args.host, port=args.port)
+    return 0
+
+
+QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "qep_damping", "base")
+
+
+def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from engine.samples import SAMPLE_DIR
+
+    g = p.add_argument_group("quantization")
+    g.add_argument("--method", required=required, help="rtn, gptq, qep, fade (see `asrq methods`)")
+    g.add_argument("--bits", type=int)
+    g.add_argument("--group-size", type=int, help="-1 for one scale per output channel")
+    g.add_argument("--symmetric", action="store_true", default=None)
+    g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")
+    g.add_argument("--damping", type=float, help="GPTQ damping (fraction of mean diag H)")
+    g.add_argument("--qep-damping", type=float)
+    g.add_argument("--block-size", type=int)
+    g.add_argument("--act-order", action="store_true", default=None)
+    g.add_argument("--base", choices=("gptq", "rtn"), help="rounding after the QEP correction")
+    g.add_argument("--layers", help="layers.json with per-layer bits, group_size, alpha, action")
+    g.add_argument("--calib", default=str(SAMPLE_DIR), help="calibration folder (default: sample_audio)")
+    g.add_argument("--n-calib", type=int, default=32, help="calibration clips drawn by seed")
+    g.add_argument("--seed", type=int, default=0, help="calibration draw")
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from engine.methods import METHODS
+
+    for entry in METHODS.values():
+        data = "calibration audio" if entry.needs_calibration else "no data"
+        print(f"{entry.name:6s} {entry.summary} [{data}]")
     return 0
 
 
@@ -98,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", default=None, help="language code for multilingual models (default: en)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
+    _add_quant_options(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = sub.add_parser("eval", help="WER/CER and real-time factor on a data folder")
@@ -107,7 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--per-utterance", action="store_true", help="include each utterance in --json output")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
+    p.add_argument("--seeds", type=int, default=1, help="calibration seeds (mean and std of WER)")
+    _add_quant_options(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("quantize", help="quantize a model and save it")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    _add_quant_options(p, required=True)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("methods", help="list the quantization methods")
+    p.set_defaults(func=_cmd_methods)
 
     p = sub.add_parser("record", help="record from the microphone to a WAV file")
     p.add_argument("out")

@@ -1,0 +1,155 @@
+"""Saved quantized models that describe themselves and reload without guessing.
+
+A folder with:
+  asrq-quantized.json   format version, model name/source, Whisper and generation configs, method config,
+                        layer table, dropped layers, size, diagnostics, calibration, library versions
+  weights.safetensors   per quantized layer: <name>.qweight (codes packed at `bits` bits, uint8),
+                        <name>.scales (float16, (out, groups)), <name>.zeros (uint8, asymmetric only);
+                        every other parameter in float16 under its own name
+  tokenizer.json        the model's tokenizer
+Saving writes to a temporary folder beside the target and renames it at the end, so an interrupted save
+(crash, full disk) never leaves a half-written artifact under the target name.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+from engine.errors import UserError
+from engine.formats import IntFormat, QuantizedTensor, pack_codes, unpack_codes
+from engine.layer_table import LayerSpec
+from engine.models import LoadedModel
+from engine.quantize import QuantizationResult
+from engine.size import unique_parameters
+from engine.tokens import WhisperTokens
+
+FORMAT_VERSION = 1
+KIND = "asrq-quantized-whisper"
+META_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "asrq-quantized.json", "weights.safetensors", "tokenizer.json"
+
+
+class ArtifactError(UserError):
+    """A folder is not a readable quantized-model artifact."""
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def save_quantized(result: QuantizationResult, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ArtifactError(f"{out_dir} already exists and is not empty; choose a new folder.")
+    model = result.loaded.model
+    tensors: dict[str, np.ndarray] = {}
+    for name, qt in result.tensors.items():
+        tensors[f"{name}.qweight"] = pack_codes(qt.codes, qt.fmt.bits)
+        tensors[f"{name}.scales"] = qt.scale.half().numpy()
+        if not qt.fmt.symmetric:
+            tensors[f"{name}.zeros"] = qt.zero.to(torch.uint8).numpy()
+    state = model.state_dict()
+    for pname in unique_parameters(model):
+        layer = pname.rsplit(".", 1)[0]
+        if layer in result.dropped or (layer in result.tensors and pname.endswith(".weight")):
+            continue
+        tensors[pname] = state[pname].half().numpy()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": {"name": result.loaded.name, "source": result.loaded.source},
+        "whisper_config": model.config.to_dict(),
+        "generation_config": model.generation_config.to_dict(),
+        "quant_config": result.config.to_dict(),
+        "formats": {name: asdict(qt.fmt) for name, qt in result.tensors.items()},
+        "layers": [asdict(row) for row in result.table],
+        "dropped": sorted(result.dropped),
+        "size": result.size.to_dict(),
+        "layer_records": [r.to_dict() for r in result.layer_records],
+        "block_records": [asdict(r) for r in result.block_records],
+        "calibration": result.calibration,
+        "quantization_seconds": result.seconds,
+        "fake_quant": result.fake_quant,
+        "versions": _versions(),
+    }
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": KIND})
+        result.loaded.tokens.tokenizer.save(str(tmp / TOKENIZER_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_metadata(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / META_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not a quantized model folder (no {META_FILE}).")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is damaged ({exc}).") from exc
+    if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{folder} holds format {meta.get('kind')} v{meta.get('format_version')}; this version reads {KIND} v{FORMAT_VERSION}."
+        )
+    return meta
+
+
+def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
+    """Rebuild the quantized model exactly (bit-identical weights) and return it with its metadata."""
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{folder / WEIGHTS_FILE} is missing or damaged ({exc}).") from exc
+    config = WhisperConfig.from_dict(meta["whisper_config"])
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig.from_dict(meta["generation_config"])
+    state = model.state_dict()
+    dropped = set(meta["dropped"])
+    with torch.no_grad():
+        for pname in unique_parameters(model):
+            layer = pname.rsplit(".", 1)[0]
+            if layer in dropped:
+                state[pname].zero_()
+            elif pname in tensors:
+                state[pname].copy_(torch.from_numpy(tensors[pname].astype(np.float32)))
+        for name, fmt_dict in meta["formats"].items():
+            fmt = IntFormat(**fmt_dict)
+            layer = model.get_submodule(name)
+            scale = torch.from_numpy(tensors[f"{name}.scales"].astype(np.float32))
+            zero = (torch.from_numpy(tensors[f"{name}.zeros"].astype(np.float32)) if not fmt.symmetric
+                    else torch.full_like(scale, (fmt.maxq + 1) / 2))
+            codes = unpack_codes(tensors[f"{name}.qweight"], fmt.bits, layer.weight.numel()).reshape(layer.weight.shape)
+            layer.weight.copy_(QuantizedTensor(codes, scale, zero, fmt).dequantize())
+    model.tie_weights()
+    tokens = WhisperTokens.from_file(folder / TOKENIZER_FILE, config.vocab_size)
+    loaded = LoadedModel(f"{meta['model']['name']} ({meta['quant_config']['method']})", model,
+                         WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokens, f"quantized artifact {folder}")
+    return loaded, meta
+
+
+def table_from_metadata(meta: dict) -> list[LayerSpec]:
+    return [LayerSpec(**row) for row in meta["layers"]]

@@ -1,0 +1,139 @@
+"""Uniform integer number formats: scales/zeros, rounding, bit packing and exact size of the deployable form.
+
+Pure tensor functions. Shapes: a weight is W: (out_features, in_features); a group is a run of
+``group_size`` consecutive input columns of one row (group_size -1 means the whole row: per-channel).
+Deployable form of a quantized layer: codes packed at ``bits`` bits each, one float16 scale per group,
+and for asymmetric formats one uint8 zero point per group; biases stay float16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SCALE_BYTES = 2  # float16 scale per group
+ZERO_BYTES = 1  # uint8 zero point per group (asymmetric only)
+FP16_BYTES = 2
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class IntFormat:
+    """A uniform integer grid: 2^bits levels per group, symmetric or with a zero point."""
+
+    bits: int
+    group_size: int = -1  # -1: one group per output row
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"integer formats need 2 to 8 bits, not {self.bits}")
+        if self.group_size != -1 and self.group_size < 1:
+            raise ValueError(f"group size must be -1 (per channel) or positive, not {self.group_size}")
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    def groups_per_row(self, in_features: int) -> int:
+        return 1 if self.group_size == -1 else math.ceil(in_features / self.group_size)
+
+    def check_shape(self, in_features: int) -> None:
+        if self.group_size != -1 and in_features % self.group_size:
+            raise ValueError(f"group size {self.group_size} does not divide the {in_features} input features")
+
+
+def qparams(w: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max scale and zero point per row of w: (rows, cols) -> scale, zero: (rows, 1).
+
+    Symmetric grids put zero at the middle code; asymmetric ones cover [min(w, 0), max(w, 0)].
+    """
+    xmin = torch.minimum(w.min(dim=1, keepdim=True).values, torch.zeros(1))
+    xmax = torch.maximum(w.max(dim=1, keepdim=True).values, torch.zeros(1))
+    if fmt.symmetric:
+        xmax = torch.maximum(xmax.abs(), xmin.abs())
+        xmin = -xmax
+    scale = (xmax - xmin) / fmt.maxq
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row keeps scale 1
+    zero = torch.full_like(scale, (fmt.maxq + 1) / 2) if fmt.symmetric else torch.round(-xmin / scale)
+    # Scales are stored as float16: round them now so that what we compute is what we ship.
+    return scale.half().float(), zero
+
+
+def quantize_to_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integer codes in [0, maxq]; w, scale and zero broadcast together."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return scale * (codes - zero)
+
+
+def round_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Quantize and dequantize in one step (what GPTQ does column by column)."""
+    return dequantize_codes(quantize_to_codes(w, scale, zero, maxq), scale, zero)
+
+
+def group_view(w: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """(out, in) -> (out * groups, group_size): one row per quantization group."""
+    out_features, in_features = w.shape
+    fmt.check_shape(in_features)
+    size = in_features if fmt.group_size == -1 else fmt.group_size
+    return w.reshape(out_features * (in_features // size), size)
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Codes and grid of one weight: codes (out, in) uint8, scale/zero (out, groups) float32."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    fmt: IntFormat
+
+    def dequantize(self) -> torch.Tensor:
+        out_features, in_features = self.codes.shape
+        groups = self.scale.shape[1]
+        codes = self.codes.float().reshape(out_features, groups, in_features // groups)
+        w = (codes - self.zero[..., None]) * self.scale[..., None]
+        return w.reshape(out_features, in_features)
+
+
+def rtn_quantize(w: torch.Tensor, fmt: IntFormat) -> QuantizedTensor:
+    """Round-to-nearest with a min-max grid per group. w: (out, in)."""
+    out_features, in_features = w.shape
+    rows = group_view(w.float(), fmt)
+    scale, zero = qparams(rows, fmt)
+    codes = quantize_to_codes(rows, scale, zero, fmt.maxq)
+    groups = fmt.groups_per_row(in_features)
+    return QuantizedTensor(
+        codes.reshape(out_features, in_features).to(torch.uint8),
+        scale.reshape(out_features, groups),
+        zero.reshape(out_features, groups),
+        fmt,
+    )
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> np.ndarray:
+    """Pack integer codes (any shape, values < 2**bits) into a dense little bit stream of uint8."""
+    flat = codes.reshape(-1).to(torch.uint8).numpy()
+    bit_planes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]
+    return np.packbits(bit_planes.reshape(-1), bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> torch.Tensor:
+    """Inverse of pack_codes: the first ``count`` codes as uint8."""
+    bit_planes = np.unpackbits(packed, bitorder="little")[: count * bits].reshape(count, bits)
+    padded = np.zeros((count, 8), dtype=np.uint8)
+    padded[:, :bits] = bit_planes
+    return torch.from_numpy(np.packbits(padded, axis=1, bitorder="little")[:, 0].copy())
+
+
+def packed_bytes(out_features: int, in_features: int, fmt: IntFormat) -> int:
+    """Exact bytes of a packed weight: codes + float16 scales (+ uint8 zeros when asymmetric)."""
+    groups = out_features * fmt.groups_per_row(in_features)
+    code_bytes = math.ceil(out_features * in_features * fmt.bits / 8)
+    return code_bytes + groups * (SCALE_BYTES + (0 if fmt.symmetric else ZERO_BYTES))

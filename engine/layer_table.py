@@ -1,0 +1,146 @@
+"""The per-layer settings table: one row per quantizable linear layer, filled by a preset, edited by a user.
+
+Rows are saved and loaded as JSON (``--layers layers.json``). Impossible settings raise LayerTableError
+naming the layer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from torch import nn
+
+from engine.errors import UserError
+
+ALLOWED_BITS = (16, 8, 6, 5, 4, 3, 2)
+ACTIONS = ("quantize", "keep", "drop")
+TABLE_FORMAT_VERSION = 1
+
+# transformers Whisper module names -> short kinds used in the table and the plots
+_KINDS = {
+    "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.out_proj": "out",
+    "encoder_attn.q_proj": "cross-q", "encoder_attn.k_proj": "cross-k", "encoder_attn.v_proj": "cross-v",
+    "encoder_attn.out_proj": "cross-out", "fc1": "fc1", "fc2": "fc2",
+}
+_NAME = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+
+
+class LayerTableError(UserError):
+    """A row of the layer table asks for something impossible."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Settings of one linear layer. bits 16 means "leave in full precision"."""
+
+    name: str  # e.g. model.encoder.layers.0.self_attn.q_proj
+    part: str  # encoder | decoder
+    block: int
+    kind: str  # q, k, v, out, fc1, fc2, cross-q, cross-k, cross-v, cross-out
+    out_features: int
+    in_features: int
+    bits: int = 4
+    group_size: int = 64  # -1: per output channel
+    alpha: float | None = None  # QEP propagation strength; None: the method decides
+    action: str = "quantize"
+
+    @property
+    def quantized(self) -> bool:
+        return self.action == "quantize" and self.bits < 16
+
+    def validate(self) -> None:
+        where = f"layer {self.name}"
+        if self.bits not in ALLOWED_BITS:
+            raise LayerTableError(f"{where}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {self.bits!r}.")
+        if self.action not in ACTIONS:
+            raise LayerTableError(f"{where}: action must be one of {', '.join(ACTIONS)}, not {self.action!r}.")
+        if not (self.group_size == -1 or (isinstance(self.group_size, int) and self.group_size > 0)):
+            raise LayerTableError(f"{where}: group size must be -1 (per channel) or positive, not {self.group_size!r}.")
+        if self.group_size != -1 and self.in_features % self.group_size:
+            raise LayerTableError(
+                f"{where}: group size {self.group_size} does not divide its {self.in_features} input features."
+            )
+        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
+            raise LayerTableError(f"{where}: alpha must be between 0 and 1, not {self.alpha!r}.")
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The quantizable linear layers of the encoder and decoder blocks, in execution order.
+
+    Selected by isinstance (subclasses of nn.Linear count) and by name: the convolutional front end,
+    embeddings and the tied output projection are not block linears.
+    """
+    found = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and _NAME.match(name)}
+    return dict(sorted(found.items(), key=lambda kv: _order_key(kv[0])))
+
+
+def _order_key(name: str) -> tuple:
+    part, block, rest = _NAME.match(name).groups()
+    order = list(_KINDS)
+    return (part != "encoder", int(block), order.index(rest) if rest in order else len(order))
+
+
+def describe(name: str, layer: nn.Linear) -> LayerSpec:
+    part, block, rest = _NAME.match(name).groups()
+    return LayerSpec(name, part, int(block), _KINDS.get(rest, rest), layer.out_features, layer.in_features)
+
+
+def build_table(model: nn.Module, bits: int = 4, group_size: int = 64, alpha: float | None = None) -> list[LayerSpec]:
+    """The default table: every block linear quantized at the same settings.
+
+    A group size that does not divide a layer's width falls back to per-channel for that layer.
+    """
+    rows = []
+    for name, layer in linear_layers(model).items():
+        spec = describe(name, layer)
+        g = group_size if group_size == -1 or spec.in_features % group_size == 0 else -1
+        rows.append(replace(spec, bits=bits, group_size=g, alpha=alpha))
+    for row in rows:
+        row.validate()
+    return rows
+
+
+def apply_overrides(table: list[LayerSpec], overrides: list[dict]) -> list[LayerSpec]:
+    """Apply user rows (dicts with 'name' and any of bits, group_size, alpha, action) to a table."""
+    by_name = {row.name: row for row in table}
+    editable = {"bits", "group_size", "alpha", "action"}
+    for item in overrides:
+        if not isinstance(item, dict) or "name" not in item:
+            raise LayerTableError(f"each layer entry needs a 'name'; got {item!r}.")
+        name = item["name"]
+        if name not in by_name:
+            raise LayerTableError(f"layer {name} does not exist in this model.")
+        unknown = set(item) - editable - {"name", "part", "block", "kind", "out_features", "in_features"}
+        if unknown:
+            raise LayerTableError(f"layer {name}: unknown setting(s) {', '.join(sorted(unknown))}.")
+        changes = {k: item[k] for k in editable if k in item}
+        for key in ("bits", "group_size"):
+            if key in changes and (isinstance(changes[key], bool) or not isinstance(changes[key], int)):
+                raise LayerTableError(f"layer {name}: {key} must be an integer, not {changes[key]!r}.")
+        if "alpha" in changes and changes["alpha"] is not None and (
+            isinstance(changes["alpha"], bool) or not isinstance(changes["alpha"], (int, float))
+        ):
+            raise LayerTableError(f"layer {name}: alpha must be a number or null, not {changes['alpha']!r}.")
+        row = replace(by_name[name], **changes)
+        row.validate()
+        by_name[name] = row
+    return [by_name[row.name] for row in table]
+
+
+def table_to_json(table: list[LayerSpec]) -> str:
+    return json.dumps({"format_version": TABLE_FORMAT_VERSION, "layers": [asdict(r) for r in table]}, indent=1)
+
+
+def load_overrides(path: str | Path) -> list[dict]:
+    """Read a layers.json file (a saved table, or a bare list of {name, ...} rows)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LayerTableError(f"{path} is not a readable layers JSON file ({exc}).") from exc
+    rows = data.get("layers") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise LayerTableError(f"{path} must hold a list of layers or an object with a 'layers' list.")
+    return rows

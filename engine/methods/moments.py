@@ -1,0 +1,90 @@
+"""Second moments of a layer's inputs in the full-precision and the quantized stream.
+
+Stateful accumulator (add_batch -> moments -> free) apart from pure functions of the moments.
+Notation (column vectors, one per calibration token): x = full-precision input, x^ = quantized-model input.
+    H^ = E[x^ x^T]   (the GPTQ Hessian, up to the factor 2)
+    C  = E[x  x^T]   (cross moment)
+    Hx = E[x  x^T]
+Errors of a final weight Q against the full-precision weight W follow exactly from these:
+    ||W X - Q X^||^2 / N = tr(W Hx W^T) - 2 tr(W C Q^T) + tr(Q H^ Q^T)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Averaged moments over n tokens; all (in_features, in_features) float64."""
+
+    hq: torch.Tensor
+    cross: torch.Tensor
+    hx: torch.Tensor
+    n: int
+
+    def __add__(self, other: "Moments") -> "Moments":
+        n = self.n + other.n
+        a, b = self.n / n, other.n / n
+        return Moments(a * self.hq + b * other.hq, a * self.cross + b * other.cross, a * self.hx + b * other.hx, n)
+
+
+class LayerStats:
+    """Accumulates Moments of one layer's inputs, kept in ``splits`` disjoint parts (by clip).
+
+    The parts let a method fit on one part and check on another (FADE's reliability score).
+    """
+
+    def __init__(self, in_features: int, splits: int = 2):
+        shape = (splits, in_features, in_features)
+        self._hq = torch.zeros(shape, dtype=torch.float64)
+        self._cross = torch.zeros(shape, dtype=torch.float64)
+        self._hx = torch.zeros(shape, dtype=torch.float64)
+        self._n = [0] * splits
+
+    def add_batch(self, x_fp: torch.Tensor, x_q: torch.Tensor, split: int = 0) -> None:
+        """x_fp, x_q: (tokens, in_features), the same tokens in both streams."""
+        x_fp, x_q = x_fp.float(), x_q.float()
+        # float32 products summed into float64 totals: fast, and exact enough for the solves.
+        self._hq[split] += (x_q.T @ x_q).double()
+        self._cross[split] += (x_fp.T @ x_q).double()
+        self._hx[split] += (x_fp.T @ x_fp).double()
+        self._n[split] += x_fp.shape[0]
+
+    def split_moments(self, split: int) -> Moments:
+        n = max(self._n[split], 1)
+        return Moments(self._hq[split] / n, self._cross[split] / n, self._hx[split] / n, self._n[split])
+
+    def moments(self) -> Moments:
+        parts = [self.split_moments(i) for i in range(len(self._n)) if self._n[i]]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    def free(self) -> None:
+        del self._hq, self._cross, self._hx
+
+
+def output_error(w: torch.Tensor, q: torch.Tensor, m: Moments) -> float:
+    """||W X - Q X^|| / ||W X||: what the rest of the model sees. w, q: (out, in)."""
+    w, q = w.double(), q.double()
+    ref = torch.einsum("oi,ij,oj->", w, m.hx, w)
+    err = ref - 2 * torch.einsum("oi,ij,oj->", w, m.cross, q) + torch.einsum("oi,ij,oj->", q, m.hq, q)
+    return float(torch.sqrt(torch.clamp(err, min=0) / ref)) if ref > 0 else 0.0
+
+
+def local_error(w: torch.Tensor, q: torch.Tensor, m: Moments) -> float:
+    """||W X^ - Q X^|| / ||W X^||: the error this layer adds by itself."""
+    w, d = w.double(), (w - q).double()
+    ref = torch.einsum("oi,ij,oj->", w, m.hq, w)
+    return float(torch.sqrt(torch.einsum("oi,ij,oj->", d, m.hq, d) / ref)) if ref > 0 else 0.0
+
+
+def input_drift(m: Moments) -> float:
+    """||X - X^|| / ||X||: error that arrived from upstream."""
+    ref = torch.trace(m.hx)
+    err = ref - 2 * torch.trace(m.cross) + torch.trace(m.hq)
+    return float(torch.sqrt(torch.clamp(err, min=0) / ref)) if ref > 0 else 0.0

@@ -1,0 +1,50 @@
+"""Per-layer quantizers of the baselines: RTN, GPTQ, and QEP (correction, then GPTQ or RTN)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import GPTQConfig, QEPConfig, QuantConfig, RTNConfig
+from engine.formats import IntFormat, QuantizedTensor, rtn_quantize
+from engine.layer_table import LayerSpec
+from engine.methods import LayerOutcome, register
+from engine.methods.gptq import gptq_quantize
+from engine.methods.moments import LayerStats, Moments
+from engine.methods.qep import qep_correct
+
+
+def layer_format(spec: LayerSpec, config: QuantConfig) -> IntFormat:
+    return IntFormat(spec.bits, spec.group_size, config.symmetric)
+
+
+def round_weight(w: torch.Tensor, m: Moments | None, spec: LayerSpec, config: QuantConfig, base: str) -> QuantizedTensor:
+    """Round w with GPTQ (needs moments) or RTN."""
+    fmt = layer_format(spec, config)
+    if base == "gptq":
+        return gptq_quantize(w, m.hq, fmt, config.damping, config.block_size, config.act_order)
+    return rtn_quantize(w, fmt)
+
+
+@register(RTNConfig, needs_calibration=False, summary="round to nearest on a min-max grid")
+def quantize_rtn(w: torch.Tensor, stats: LayerStats | None, spec: LayerSpec, config: RTNConfig) -> LayerOutcome:
+    return LayerOutcome(rtn_quantize(w, layer_format(spec, config)), w)
+
+
+@register(GPTQConfig, needs_calibration=True, summary="Hessian-based rounding with error feedback")
+def quantize_gptq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GPTQConfig) -> LayerOutcome:
+    return LayerOutcome(round_weight(w, stats.moments(), spec, config, "gptq"), w)
+
+
+def corrected_outcome(w: torch.Tensor, m: Moments, spec: LayerSpec, config: QEPConfig, alpha: float,
+                      notes: dict | None = None) -> LayerOutcome:
+    """Correct with the given alpha, round, and also round the uncorrected weight for the diagnostics."""
+    target = qep_correct(w, m, alpha, config.qep_damping)
+    quantized = round_weight(target, m, spec, config, config.base)
+    uncorrected = quantized if alpha == 0 else round_weight(w, m, spec, config, config.base)
+    return LayerOutcome(quantized, target, alpha, uncorrected, notes)
+
+
+@register(QEPConfig, needs_calibration=True, summary="QEP correction with one global alpha, then GPTQ")
+def quantize_qep(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: QEPConfig) -> LayerOutcome:
+    alpha = config.alpha if spec.alpha is None else spec.alpha
+    return corrected_outcome(w, stats.moments(), spec, config, alpha)

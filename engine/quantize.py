@@ -1,0 +1,156 @@
+"""The one entry point: quantize(loaded, config, calibration, layers, progress) -> QuantizationResult.
+
+The full-precision model is left untouched; the result holds a quantized copy whose linear weights are
+the dequantized codes (fake quantization: same speed as fp32, labelled as such), plus the codes
+themselves for saving and for real low-bit kernels, the layer table, diagnostics and the exact size.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from engine.calibration import BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
+from engine.config import QuantConfig
+from engine.diagnostics import LayerRecord, record_for
+from engine.errors import UserError
+from engine.formats import QuantizedTensor
+from engine.layer_table import LayerSpec, build_table, linear_layers
+from engine.methods import get_method
+from engine.methods.moments import LayerStats
+from engine.models import LoadedModel
+from engine.size import SizeReport, size_report
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+
+
+def branch_of(layer_name: str) -> str:
+    """'model.encoder.layers.0.self_attn.q_proj' -> 'model.encoder.layers.0.self_attn'; fc1/fc2 -> '...0.ffn'."""
+    prefix, leaf = layer_name.rsplit(".", 1)
+    return prefix + ".ffn" if leaf in ("fc1", "fc2") else prefix
+
+
+@dataclass
+class QuantizationResult:
+    loaded: LoadedModel  # the quantized copy, ready to transcribe
+    config: QuantConfig
+    table: list[LayerSpec]
+    tensors: dict[str, QuantizedTensor]  # quantized layer name -> codes and grid
+    dropped: set[str]  # layer names in removed branches
+    layer_records: list[LayerRecord]
+    block_records: list[BlockRecord]
+    size: SizeReport
+    seconds: float
+    calibration: dict = field(default_factory=dict)
+    fake_quant: bool = True  # weights are dequantized floats: no speed-up by themselves
+
+
+def _apply_drops(model: nn.Module, table: list[LayerSpec]) -> set[str]:
+    """Zero every linear of a branch that has a dropped layer: with its output projection at zero the
+    branch adds nothing to the residual stream, and the zeros are what a saved artifact reloads."""
+    branches = {branch_of(row.name) for row in table if row.action == "drop"}
+    dropped = {row.name for row in table if branch_of(row.name) in branches}
+    with torch.no_grad():
+        for name in dropped:
+            layer = model.get_submodule(name)
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+    return dropped
+
+
+def _round_other_parameters_to_fp16(model: nn.Module, quantized_layers: set[str]) -> None:
+    """The deployable form stores every non-quantized parameter as float16: evaluate exactly that."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not (name.endswith(".weight") and name.rsplit(".", 1)[0] in quantized_layers):
+                p.copy_(p.half().float())
+
+
+def resolve_table(model: nn.Module, config: QuantConfig, layers: list[LayerSpec] | None) -> list[LayerSpec]:
+    default = build_table(model, config.bits, config.group_size)
+    if layers is None:
+        return default
+    names = [row.name for row in default]
+    if sorted(row.name for row in layers) != sorted(names):
+        missing = set(names) - {row.name for row in layers}
+        raise UserError(f"The layer table does not match this model (e.g. {sorted(missing)[:1] or 'extra rows'}).")
+    for row in layers:
+        row.validate()
+    return layers
+
+
+def quantize(
+    loaded: LoadedModel,
+    config: QuantConfig,
+    calibration: CalibrationData | None = None,
+    layers: list[LayerSpec] | None = None,
+    progress: ProgressFn | None = None,
+    batch_size: int = 8,
+) -> QuantizationResult:
+    """Quantize a copy of ``loaded`` with ``config``; per-layer rows in ``layers`` override bits etc."""
+    progress = progress or (lambda fraction, message: None)
+    method = get_method(config.method)
+    if method.needs_calibration and calibration is None:
+        raise UserError(f"Method '{config.method}' needs calibration audio.")
+    start = time.perf_counter()
+    model = copy.deepcopy(loaded.model)
+    table = resolve_table(model, config, layers)
+    specs = {row.name: row for row in table}
+    dropped = _apply_drops(model, table)
+    tensors: dict[str, QuantizedTensor] = {}
+    records: dict[str, LayerRecord] = {}
+
+    def quantize_layer(name: str, layer: nn.Linear, stats: LayerStats | None) -> None:
+        spec = specs[name]
+        w = layer.weight.detach().clone()
+        if name in dropped or not spec.quantized:
+            records[name] = record_for(spec, w, None, stats)
+            return
+        outcome = method.quantize_layer(w, stats, spec, config)
+        tensors[name] = outcome.quantized
+        with torch.no_grad():
+            layer.weight.copy_(outcome.quantized.dequantize())
+        records[name] = record_for(spec, w, outcome, stats)
+
+    linears = linear_layers(model)
+    if calibration is not None:
+        check_layers_covered(model)
+        qloaded = replace(loaded, model=model)
+
+        def on_group(part: str, block: int, group: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> None:
+            for name, layer in group.items():
+                quantize_layer(name, layer, stats[name])
+
+        runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=progress)
+        runner.run(on_group)
+        block_records = runner.block_records
+    else:
+        for i, (name, layer) in enumerate(linears.items()):
+            quantize_layer(name, layer, None)
+            progress((i + 1) / len(linears), f"layer {i + 1}/{len(linears)}")
+        block_records = []
+    _round_other_parameters_to_fp16(model, set(tensors))
+    formats = {name: t.fmt for name, t in tensors.items()}
+    result = QuantizationResult(
+        loaded=replace(loaded, model=model.eval()),
+        config=config,
+        table=table,
+        tensors=tensors,
+        dropped=dropped,
+        layer_records=[records[name] for name in linears],
+        block_records=block_records,
+        size=size_report(model, formats, dropped),
+        seconds=time.perf_counter() - start,
+        calibration={"n_clips": calibration.n_clips} if calibration is not None else {},
+    )
+    log.info("%s quantized in %.1f s: %.2f MB", config.method, result.seconds, result.size.size_bytes / 1e6)
+    return result

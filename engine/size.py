@@ -1,0 +1,64 @@
+"""Exact size of the deployable form of a (quantized) model, compared with fp32 and fp16.
+
+Deployable form: quantized linear weights as packed codes + float16 scales (+ uint8 zeros); dropped
+branches take no bytes; every other parameter (kept layers, biases, norms, embeddings, convolutions) is
+stored as float16. Tied parameters count once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from engine.formats import FP16_BYTES, FP32_BYTES, IntFormat, packed_bytes
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    size_bytes: int
+    fp32_size_bytes: int
+    fp16_size_bytes: int
+    quantized_weight_bytes: int  # the packed linear weights alone (codes + grids)
+
+    @property
+    def compression_vs_fp32(self) -> float:
+        return self.fp32_size_bytes / self.size_bytes
+
+    @property
+    def bits_per_parameter(self) -> float:
+        return 8 * self.size_bytes / (self.fp32_size_bytes / FP32_BYTES)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "compression_vs_fp32": self.compression_vs_fp32,
+                "bits_per_parameter": self.bits_per_parameter}
+
+
+def unique_parameters(model: nn.Module) -> dict[str, int]:
+    """name -> element count, each tensor once (tied weights share storage)."""
+    seen, out = set(), {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        out[name] = p.numel()
+    return out
+
+
+def size_report(model: nn.Module, formats: dict[str, IntFormat], dropped: set[str]) -> SizeReport:
+    """formats: quantized layer name -> its format; dropped: layer names whose branch is removed."""
+    params = unique_parameters(model)
+    total_elements = sum(params.values())
+    size = quantized = 0
+    for name, count in params.items():
+        layer = name.rsplit(".", 1)[0]
+        if layer in dropped:
+            continue
+        if layer in formats and name.endswith(".weight"):
+            module = model.get_submodule(layer)
+            nbytes = packed_bytes(module.out_features, module.in_features, formats[layer])
+            quantized += nbytes
+            size += nbytes
+        else:
+            size += count * FP16_BYTES
+    return SizeReport(size, total_elements * FP32_BYTES, total_elements * FP16_BYTES, quantized)

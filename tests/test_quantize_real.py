@@ -1,0 +1,99 @@
+"""The quantization engine on the real tiny.en: the two-stream pass, methods, drop, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.artifacts import load_quantized, save_quantized
+from engine.audio import load_audio
+from engine.calibration import TwoStreamPass
+from engine.config import FADEConfig, GPTQConfig, RTNConfig
+from engine.experiment import build_calibration, calibration_clips
+from engine.layer_table import apply_overrides, build_table
+from engine.quantize import quantize
+from engine.samples import SAMPLE_DIR, sample_clips
+from engine.transcribe import transcribe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny):
+    return build_calibration(tiny, calibration_clips(SAMPLE_DIR, 4, seed=0))
+
+
+@pytest.fixture(scope="module")
+def demo_audio():
+    return [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:4]
+
+
+def test_pass_without_quantization_reproduces_the_model(tiny, calibration):
+    runner = TwoStreamPass(tiny, calibration, batch_size=3)
+    runner.run(lambda part, block, layers, stats: None)
+    assert all(r.residual_error == 0 for r in runner.block_records)
+    y_fp, y_q = runner.decoder_states
+    assert torch.equal(y_fp, y_q)
+    tokens = torch.tensor([list(t) for t in calibration.tokens if len(t) == len(calibration.tokens[0])][:1])
+    index = [i for i, t in enumerate(calibration.tokens) if len(t) == len(calibration.tokens[0])][0]
+    with torch.no_grad():
+        expected = tiny.model(input_features=calibration.features[index:index + 1], decoder_input_ids=tokens).logits
+    with torch.no_grad():
+        got = tiny.model.proj_out(tiny.model.model.decoder.layer_norm(y_fp[index:index + 1, : tokens.shape[1]]))
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-4)
+
+
+def test_gptq_beats_rtn_layer_by_layer_on_real_activations(tiny, calibration):
+    rtn = quantize(tiny, RTNConfig(bits=3), calibration)
+    gptq = quantize(tiny, GPTQConfig(bits=3), calibration)
+    ratios = [g.local_error / r.local_error for g, r in zip(gptq.layer_records, rtn.layer_records)]
+    assert sum(r < 1 for r in ratios) >= 0.9 * len(ratios)
+    assert sum(ratios) / len(ratios) < 0.85
+    # Error accumulates: the last decoder block's residual error exceeds the first encoder block's.
+    assert gptq.block_records[-1].residual_error > gptq.block_records[0].residual_error
+
+
+def test_fade_records_alpha_and_both_errors(tiny, calibration):
+    result = quantize(tiny, FADEConfig(bits=4), calibration)
+    quantized = [r for r in result.layer_records if r.bits < 16]
+    assert len(quantized) == 64
+    assert all(0 <= r.alpha <= 1 for r in quantized)
+    assert all(r.output_error_uncorrected is not None and r.input_drift is not None for r in quantized)
+    assert len({round(r.alpha, 3) for r in quantized}) > 5  # per-layer, not one global value
+    assert result.seconds > 0 and result.size.size_bytes < result.size.fp16_size_bytes
+
+
+def test_drop_removes_a_branch_changes_output_and_size(tiny, demo_audio):
+    table = build_table(tiny.model, bits=8, group_size=64)
+    dropped = apply_overrides(table, [{"name": "model.decoder.layers.3.fc1", "action": "drop"}])
+    base = quantize(tiny, RTNConfig(bits=8), layers=table)
+    cut = quantize(tiny, RTNConfig(bits=8), layers=dropped)
+    assert cut.dropped == {"model.decoder.layers.3.fc1", "model.decoder.layers.3.fc2"}
+    assert cut.size.size_bytes < base.size.size_bytes
+    assert float(cut.loaded.model.model.decoder.layers[3].fc2.weight.detach().abs().sum()) == 0
+    feats = tiny.feature_extractor(demo_audio[:1], sampling_rate=16000, return_tensors="pt").input_features
+    ids = torch.tensor([[50257, 50362, 383, 2068]])
+    with torch.no_grad():
+        a = base.loaded.model(input_features=feats, decoder_input_ids=ids).logits
+        b = cut.loaded.model(input_features=feats, decoder_input_ids=ids).logits
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_save_and_load_give_identical_weights_and_transcripts(tiny, calibration, demo_audio, tmp_path):
+    table = apply_overrides(build_table(tiny.model, bits=4, group_size=64), [
+        {"name": "model.encoder.layers.0.fc1", "bits": 3, "alpha": 0.2},
+        {"name": "model.decoder.layers.0.fc2", "action": "keep"},
+        {"name": "model.decoder.layers.1.encoder_attn.q_proj", "action": "drop"},
+    ])
+    result = quantize(tiny, FADEConfig(bits=4, symmetric=False), calibration, layers=table)
+    folder = save_quantized(result, tmp_path / "fade4")
+    loaded, meta = load_quantized(folder)
+    original = result.loaded.model.state_dict()
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    assert transcribe(loaded, demo_audio) == transcribe(result.loaded, demo_audio)
+    assert meta["quant_config"]["method"] == "fade" and meta["format_version"] == 1
+    on_disk = (folder / "weights.safetensors").stat().st_size
+    assert abs(on_disk - result.size.size_bytes) / result.size.size_bytes < 0.01
+    row = {r["name"]: r for r in meta["layers"]}["model.encoder.layers.0.fc1"]
+    assert (row["bits"], row["alpha"]) == (3, 0.2)

@@ -6,7 +6,7 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import foundation
+from bench import foundation, kernels, methods
 
 
 def main() -> None:
@@ -14,6 +14,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     foundation.main()
+    kernels.main()
+    methods.main([])
 
 
 if __name__ == "__main__":

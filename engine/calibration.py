@@ -224,9 +224,13 @@ class TwoStreamPass:
             for name in inputs_fp:
                 token_mask = cross_mask if name in CROSS_KV else mask
                 stats[name] = LayerStats(inputs_fp[name].shape[-1], N_SPLITS)
-                for s in range(N_SPLITS):
-                    rows = token_mask & (split_of_clip == s)[:, None]
-                    stats[name].add_batch(inputs_fp[name][rows], inputs_q[name][rows], split=s)
+                # Clip by clip: contiguous views, no copy of the whole stream.
+                for clip in range(self.data.n_clips):
+                    rows = token_mask[clip]
+                    a, b = inputs_fp[name][clip], inputs_q[name][clip]
+                    if not bool(rows.all()):
+                        a, b = a[rows], b[rows]
+                    stats[name].add_batch(a, b, split=int(split_of_clip[clip]))
             full = {name: f"model.{part}.layers.{index}.{name}" for name in inputs_fp}
             on_group(part, index, {full[n]: block.get_submodule(n) for n in inputs_fp},
                      {full[n]: stats[n] for n in inputs_fp})

@@ -23,12 +23,15 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
 
 
-def calibration_clips(folder: str | Path, n_clips: int, seed: int, exclude: Sequence[Utterance] = ()) -> list[Utterance]:
-    """n_clips utterances of a folder drawn by seed, leaving out any clip that is also evaluated."""
+def calibration_clips(folders: str | Path | Sequence[str | Path], n_clips: int, seed: int,
+                      exclude: Sequence[Utterance] = ()) -> list[Utterance]:
+    """n_clips utterances of one or more folders drawn by seed, leaving out any clip that is also evaluated."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     banned = {u.path.resolve() for u in exclude}
-    pool = [u for u in load_dataset(folder) if u.path.resolve() not in banned]
+    pool = [u for folder in folders for u in load_dataset(folder) if u.path.resolve() not in banned]
     if len(pool) < n_clips:
-        raise DatasetError(f"{folder} has {len(pool)} clips outside the evaluation set; {n_clips} are needed for calibration.")
+        names = ", ".join(map(str, folders))
+        raise DatasetError(f"{names} has {len(pool)} clips outside the evaluation set; {n_clips} are needed for calibration.")
     chosen, _ = split_calibration(pool, n_clips, seed)
     return chosen
 

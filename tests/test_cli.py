@@ -60,3 +60,31 @@ def test_transcribe_prints_the_text():
     out = run("transcribe", "sample_audio/demo-05.flac")
     assert out.returncode == 0, out.stderr
     assert "quick brown fox" in out.stdout.lower()
+
+
+@pytest.mark.slow
+def test_quantize_save_then_transcribe_and_eval_the_artifact(tmp_path):
+    out = tmp_path / "rtn4"
+    done = run("quantize", "--method", "rtn", "--bits", "4", "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["size_bytes"] < info["fp32_size_bytes"] / 2.5 and len(info["per_layer"]) == 64
+    direct = run("transcribe", "--method", "rtn", "--bits", "4", "sample_audio/demo-03.flac")
+    reloaded = run("transcribe", "--quantized", str(out), "sample_audio/demo-03.flac")
+    assert direct.returncode == reloaded.returncode == 0
+    assert direct.stdout == reloaded.stdout and direct.stdout.strip()
+    evaluated = run("eval", "--quantized", str(out), "--data", "sample_audio", "--limit", "5", "--json")
+    result = json.loads(evaluated.stdout)
+    for key in ("model", "method", "bits", "n_utterances", "wer", "cer", "wer_std", "size_bytes", "fp32_size_bytes",
+                "rtf", "per_layer"):
+        assert key in result, key
+    assert result["method"] == "rtn" and result["n_utterances"] == 5
+
+
+def test_bad_layer_table_names_the_layer(tmp_path):
+    layers = tmp_path / "layers.json"
+    layers.write_text(json.dumps([{"name": "model.encoder.layers.0.fc1", "bits": 9}]))
+    out = run("quantize", "--method", "rtn", "--layers", str(layers), "--out", str(tmp_path / "x"))
+    assert out.returncode == 2
+    assert "model.encoder.layers.0.fc1" in out.stderr and "bits" in out.stderr
+    assert not (tmp_path / "x").exists()

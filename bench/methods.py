@@ -1,0 +1,138 @@
+"""Method table: WER mean/std over calibration seeds on LibriSpeech test-other, tiny.en, group size 64.
+
+Two calibration sources: the project's own sample_audio (TTS) and real speech from ../shared/speech outside
+librispeech-test-other. Also quantization time and peak memory per method. Results are written after every
+run and reused on the next start (delete bench/results/methods.json to start over).
+
+    python -m bench.methods [--bits 3 4] [--seeds 5] [--methods gptq qep fade] [--sources real sample]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, speech, write_results
+from engine.evaluate import evaluate, load_dataset, mean_std
+from engine.experiment import build_calibration, calibration_clips
+from engine.methods import get_method, make_config
+from engine.models import load_model
+from engine.quantize import quantize
+from engine.samples import SAMPLE_DIR
+
+log = logging.getLogger("bench.methods")
+
+QEP_ALPHAS = (0.25, 0.5, 0.75)
+REAL_CALIBRATION = ("librispeech-test-misc", "librispeech-dev-clean-misc", "ljspeech", "librivox")
+N_CALIB = 32
+
+
+def peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS counter of this process (Linux), so each run's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def variants(methods, bits_list, alphas=QEP_ALPHAS):
+    for bits in bits_list:
+        for method in methods:
+            if method == "qep":
+                for alpha in alphas:
+                    yield f"qep a={alpha} {bits}b", make_config("qep", bits=bits, group_size=64, alpha=alpha)
+            else:
+                yield f"{method} {bits}b", make_config(method, bits=bits, group_size=64)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "qep", "fade"])
+    parser.add_argument("--sources", nargs="+", default=["sample", "real"])
+    parser.add_argument("--alphas", type=float, nargs="+", default=list(QEP_ALPHAS), help="QEP global alphas")
+    args = parser.parse_args(argv)
+
+    out_json = RESULTS / "methods.json"
+    runs = json.loads(out_json.read_text())["runs"] if out_json.exists() else {}
+    loaded = load_model("tiny.en")
+    data = load_dataset(speech("librispeech-test-other"))
+    sources = {"sample": [SAMPLE_DIR], "real": [speech(name) for name in REAL_CALIBRATION]}
+    if "fp32" not in runs:
+        report = evaluate(loaded, data)
+        runs["fp32"] = {"wer": report.wer, "rtf": report.rtf}
+
+    def save():
+        write_results("methods", {"runs": runs}, markdown(runs))
+
+    for label, config in variants(args.methods, args.bits, args.alphas):
+        needs = get_method(config.method).needs_calibration
+        for source in args.sources if needs else ["none"]:
+            for seed in range(args.seeds) if needs else [None]:
+                key = f"{label} | {source} | {seed}"
+                if key in runs:
+                    continue
+                calibration = None
+                if needs:
+                    calibration = build_calibration(loaded, calibration_clips(sources[source], N_CALIB, seed, data))
+                peak_rss_reset()
+                start = time.perf_counter()
+                result = quantize(loaded, config, calibration)
+                seconds = time.perf_counter() - start
+                peak = peak_rss_mb()
+                report = evaluate(result.loaded, data)
+                runs[key] = {"label": label, "source": source, "seed": seed, "wer": report.wer, "cer": report.cer,
+                             "quant_seconds": seconds, "peak_rss_mb": peak, "size_bytes": result.size.size_bytes,
+                             "alphas": [r.alpha for r in result.layer_records]}
+                log.info("%s: WER %.2f%%, %.0f s, %.0f MB", key, 100 * report.wer, seconds, peak)
+                save()
+    save()
+    return runs
+
+
+def markdown(runs: dict) -> str:
+    fp32 = runs.get("fp32", {}).get("wer")
+    groups: dict[tuple, list] = {}
+    for key, r in runs.items():
+        if key == "fp32":
+            continue
+        groups.setdefault((r["label"], r["source"]), []).append(r)
+    lines = [
+        "# Methods: tiny.en on 50 LibriSpeech test-other clips, group size 64, 32 calibration clips per seed",
+        "",
+        f"fp32 WER: {100 * fp32:.2f}%" if fp32 is not None else "",
+        "",
+        "| method | calibration | seeds | WER mean % | WER std | per seed | quant s | peak RSS MB |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for (label, source), rs in sorted(groups.items(), key=lambda kv: (kv[0][0].split()[-1], kv[0][1], kv[0][0])):
+        mean, std = mean_std([r["wer"] for r in rs])
+        per_seed = " ".join(f"{100 * r['wer']:.1f}" for r in rs)
+        lines.append(f"| {label} | {source} | {len(rs)} | {100 * mean:.2f} | {100 * std:.2f} | {per_seed} | "
+                     f"{mean_std([r['quant_seconds'] for r in rs])[0]:.0f} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
+    lines += ["", "sample = the project's sample_audio (TTS); real = ../shared/speech outside test-other. "
+              "Peak RSS is the whole process (model, data and the pass)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    main()

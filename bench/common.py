@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +21,25 @@ def speech(name: str) -> Path:
     if not folder.is_dir():
         raise SystemExit(f"benchmark data {folder} is missing: ../shared/speech must sit beside the repository")
     return folder
+
+
+@dataclass(frozen=True)
+class EvalClips:
+    """The 50 LibriSpeech test-other clips every benchmark evaluates on, decoded once."""
+
+    utterances: list
+    audios: list
+    references: list
+    seconds: float
+
+
+def test_other_clips() -> EvalClips:
+    from engine.audio import SAMPLE_RATE, load_audio
+    from engine.evaluate import load_dataset
+
+    utterances = load_dataset(speech("librispeech-test-other"))
+    audios = [load_audio(u.path) for u in utterances]
+    return EvalClips(utterances, audios, [u.reference for u in utterances], sum(map(len, audios)) / SAMPLE_RATE)
 
 
 def machine() -> dict:

@@ -11,9 +11,8 @@ import time
 
 import torch
 
-from bench.common import speech, write_results
-from engine.audio import SAMPLE_RATE, load_audio
-from engine.evaluate import TextScorer, load_dataset
+from bench.common import test_other_clips, write_results
+from engine.evaluate import TextScorer
 from engine.models import REGISTRY, load_model
 from engine.transcribe import transcribe
 
@@ -41,10 +40,8 @@ def run_ours(loaded, audios, batch_size: int) -> tuple[list[str], float]:
 
 
 def main() -> dict:
-    utterances = load_dataset(speech("librispeech-test-other"))
-    audios = [load_audio(u.path) for u in utterances]
-    refs = [u.reference for u in utterances]
-    seconds = sum(len(a) for a in audios) / SAMPLE_RATE
+    clips = test_other_clips()
+    utterances, audios, refs, seconds = clips.utterances, clips.audios, clips.references, clips.seconds
     scorer = TextScorer()
     loaded = load_model("tiny.en")
     folder = str(REGISTRY["tiny.en"].locate().model_parts[0].parent)

@@ -10,11 +10,10 @@ import logging
 
 import torch
 
-from bench.common import speech, write_results
+from bench.common import test_other_clips, write_results
 from bench.foundation import run_faster_whisper, run_ours
-from engine.audio import SAMPLE_RATE, load_audio
 from engine.config import FADEConfig
-from engine.evaluate import TextScorer, load_dataset
+from engine.evaluate import TextScorer
 from engine.experiment import build_calibration, calibration_clips
 from engine.kernels import int4_weight_only, int8_dynamic
 from engine.models import REGISTRY, load_model
@@ -25,10 +24,8 @@ log = logging.getLogger("bench.kernels")
 
 
 def main() -> dict:
-    utterances = load_dataset(speech("librispeech-test-other"))
-    audios = [load_audio(u.path) for u in utterances]
-    refs = [u.reference for u in utterances]
-    seconds = sum(len(a) for a in audios) / SAMPLE_RATE
+    clips = test_other_clips()
+    utterances, audios, refs, seconds = clips.utterances, clips.audios, clips.references, clips.seconds
     scorer = TextScorer()
     loaded = load_model("tiny.en")
     fade4 = quantize(loaded, FADEConfig(bits=4, group_size=64),

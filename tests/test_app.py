@@ -31,11 +31,22 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_sample_clip_is_transcribed_with_wer(client):
+def test_quantize_then_transcribe_side_by_side(client):
+    info = client.predict("tiny.en", "rtn", 4, 64, 0.5, 0, "", api_name="/quantize")
+    assert info["size_bytes"] < info["fp32_size_bytes"] / 2.5 and len(info["per_layer"]) == 64
     clip = next(c for c in sample_clips() if c.name == "demo-05")
-    text, details = client.predict(handle_file(str(clip.path)), "tiny.en", clip.name, api_name="/transcribe")
-    assert "quick brown fox" in text.lower()
-    assert "WER" in details
+    fp, diff, details = client.predict(handle_file(str(clip.path)), "tiny.en", clip.name, info["run_id"],
+                                       api_name="/transcribe")
+    assert "quick brown fox" in fp.lower()
+    quantized = " ".join(d["token"] for d in diff if d["class_or_confidence"] != "missing")
+    assert "fox" in quantized.lower()
+    assert "WER full precision" in details and "quantized:" in details
+
+
+def test_quantize_rejects_an_impossible_layer_setting(client):
+    bad = '[{"name": "model.decoder.layers.0.fc1", "bits": 7}]'
+    with pytest.raises(Exception, match="model.decoder.layers.0.fc1"):
+        client.predict("tiny.en", "rtn", 4, 64, 0.5, 0, bad, api_name="/quantize")
 
 
 def test_upload_at_44k_stereo_is_transcribed(client, tmp_path):
@@ -46,7 +57,7 @@ def test_upload_at_44k_stereo_is_transcribed(client, tmp_path):
     stereo = np.stack([soxr.resample(mono, 16000, 44100)] * 2, axis=1)
     path = tmp_path / "upload.wav"
     sf.write(path, stereo, 44100, subtype="PCM_24")
-    text, _ = client.predict(handle_file(str(path)), "tiny.en", None, api_name="/transcribe")
+    text, _, _ = client.predict(handle_file(str(path)), "tiny.en", None, "", api_name="/transcribe")
     assert "quick brown fox" in text.lower()
 
 
@@ -54,7 +65,7 @@ def test_non_audio_gets_a_message_and_the_server_keeps_serving(client, tmp_path)
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
     with pytest.raises(Exception, match="not a readable audio file"):
-        client.predict(handle_file(str(bad)), "tiny.en", None, api_name="/transcribe")
+        client.predict(handle_file(str(bad)), "tiny.en", None, "", api_name="/transcribe")
     clip = next(c for c in sample_clips() if c.name == "demo-01")
-    text, _ = client.predict(handle_file(str(clip.path)), "tiny.en", None, api_name="/transcribe")
+    text, _, _ = client.predict(handle_file(str(clip.path)), "tiny.en", None, "", api_name="/transcribe")
     assert "quantization" in text.lower()

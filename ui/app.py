@@ -1,17 +1,28 @@
-"""Builds the explorer page from its sections and launches it."""
+"""Builds the explorer page from its sections and launches it. Layout and event wiring only."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import gradio as gr
 
+from engine.methods import METHODS
 from engine.models import DEFAULT_MODEL, available_models
-from ui.handlers import Explorer
+from ui.handlers import TABLE_COLUMNS, Explorer
 
 INTRO = """# ASR Quantization Explorer
-Pick a clip, or record your own voice, and see how Whisper transcribes it.
-Quantization (fewer bits per weight) comes next: this page grows into a side-by-side comparison."""
+Squeeze Whisper into fewer bits and hear what it costs. **1.** Pick a method and bits, press **Quantize**.
+**2.** Pick a clip, upload one or record yourself, press **Transcribe**: the full-precision and the quantized
+model answer side by side, with the words that changed highlighted."""
+
+METHOD_NOTES = (Path(__file__).resolve().parent.parent / "docs" / "methods.md")
+BITS = [8, 6, 5, 4, 3, 2]
+GROUP_SIZES = [32, 64, 128, -1]
+
+
+def _method_notes() -> str:
+    return METHOD_NOTES.read_text() if METHOD_NOTES.exists() else ""
 
 
 def build_app(explorer: Explorer | None = None) -> gr.Blocks:
@@ -20,15 +31,49 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
     with gr.Blocks(title="ASR Quantization Explorer") as demo:
         gr.Markdown(INTRO)
         with gr.Row():
-            model = gr.Dropdown(installed, value=DEFAULT_MODEL, label="Model", elem_id="model")
-            sample = gr.Dropdown(explorer.sample_choices(), value=None, label="Sample clip", elem_id="sample")
-        audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
-        run = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
-        text = gr.Textbox(label="Full-precision transcript", lines=3, elem_id="fp-text")
-        details = gr.Markdown(elem_id="details")
+            model = gr.Dropdown(installed, value=DEFAULT_MODEL, label="Model", elem_id="model", scale=1)
+            method = gr.Dropdown([(f"{m.name}: {m.summary}", m.name) for m in METHODS.values()], value="fade",
+                                 label="Method", elem_id="method", scale=3)
+            bits = gr.Dropdown(BITS, value=4, label="Bits", elem_id="bits", scale=1)
+            group_size = gr.Dropdown(GROUP_SIZES, value=64, label="Group size (-1: per channel)", elem_id="group", scale=1)
+            alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Alpha (QEP; FADE's prior)", elem_id="alpha", scale=2)
+            seed = gr.Number(0, precision=0, label="Calibration seed", elem_id="seed", scale=1)
+        with gr.Accordion("Per-layer settings (edit bits, group size, alpha, action)", open=False):
+            table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=True, elem_id="layers", max_height=360,
+                                 static_columns=[0, 1, 2, 3])
+            reset = gr.Button("Reset table to the settings above", size="sm")
+        with gr.Row():
+            quantize_btn = gr.Button("Quantize", variant="primary", elem_id="quantize")
+            run_id = gr.Textbox(label="Quantized model id", interactive=False, elem_id="run-id", max_lines=1)
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            error_plot = gr.Plot(label="Error propagation", elem_id="error-plot")
+            alpha_plot = gr.Plot(label="Bits and alpha", elem_id="alpha-plot")
+            size_plot = gr.Plot(label="Size", elem_id="size-plot")
 
+        gr.Markdown("## Listen and compare")
+        with gr.Row():
+            sample = gr.Dropdown(explorer.sample_choices(), value=None, label="Sample clip", elem_id="sample")
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
+        run = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
+        with gr.Row():
+            fp_text = gr.Textbox(label="Full precision", lines=3, elem_id="fp-text")
+            q_text = gr.HighlightedText(label="Quantized (changed words highlighted)", elem_id="q-text",
+                                        color_map={"changed": "orange", "extra": "red", "missing": "gray"})
+        details = gr.Markdown(elem_id="details")
+        with gr.Accordion("How the methods work", open=False):
+            gr.Markdown(_method_notes())
+
+        table_inputs = [model, bits, group_size]
+        demo.load(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
+        for trigger in (reset.click, bits.change, group_size.change, model.change):
+            trigger(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
+        quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table],
+                           outputs=[run_id, status, error_plot, alpha_plot, size_plot],
+                           api_visibility="private", concurrency_id="cpu")
+        gr.api(explorer.api_quantize, api_name="quantize", concurrency_id="cpu")
         sample.change(explorer.sample_path, inputs=sample, outputs=audio, api_visibility="private")
-        run.click(explorer.transcribe_audio, inputs=[audio, model, sample], outputs=[text, details],
+        run.click(explorer.transcribe_audio, inputs=[audio, model, sample, run_id], outputs=[fp_text, q_text, details],
                   api_name="transcribe", concurrency_id="cpu")
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo

@@ -1,0 +1,60 @@
+"""Plotly figures of a quantization result: error propagation per layer, alpha per layer, size gauge."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from engine.diagnostics import LayerRecord
+from engine.size import SizeReport
+
+HEIGHT = 340
+
+
+def _labels(records: list[LayerRecord]) -> list[str]:
+    return [f"{'E' if r.part == 'encoder' else 'D'}{r.block}.{r.kind}" for r in records]
+
+
+def error_propagation(records: list[LayerRecord], title: str) -> go.Figure:
+    """Input drift, local and output error per layer, in execution order (encoder then decoder)."""
+    x = _labels(records)
+    fig = go.Figure()
+    series = [("output error", "output_error"), ("input drift (from upstream)", "input_drift"),
+              ("local error (this layer)", "local_error"), ("output error without correction", "output_error_uncorrected")]
+    for name, field in series:
+        values = [getattr(r, field) for r in records]
+        if any(v is not None for v in values):
+            fig.add_trace(go.Scatter(x=x, y=[None if v is None else 100 * v for v in values], mode="lines+markers",
+                                     name=name))
+    if not fig.data:  # no calibration: only the weight error is known
+        fig.add_trace(go.Bar(x=x, y=[100 * r.weight_error for r in records], name="weight error"))
+    fig.update_layout(title=title, height=HEIGHT, yaxis_title="relative error (%)", margin=dict(l=50, r=20, t=50, b=80),
+                      legend=dict(orientation="h", y=-0.35), xaxis=dict(tickangle=-60, tickfont=dict(size=9)))
+    return fig
+
+
+def alpha_and_bits(records: list[LayerRecord]) -> go.Figure:
+    """Bits per layer as bars, alpha per layer (QEP/FADE) as a line on a second axis."""
+    x = _labels(records)
+    fig = go.Figure(go.Bar(x=x, y=[r.bits for r in records], name="bits", marker_color="#9ab"))
+    alphas = [r.alpha for r in records]
+    if any(a is not None for a in alphas):
+        fig.add_trace(go.Scatter(x=x, y=alphas, name="alpha", mode="lines+markers", yaxis="y2", line=dict(color="#c40")))
+    fig.update_layout(height=HEIGHT, title="Bits and alpha per layer", margin=dict(l=50, r=50, t=50, b=80),
+                      yaxis=dict(title="bits", range=[0, 17]),
+                      yaxis2=dict(title="alpha", overlaying="y", side="right", range=[0, 1.05]),
+                      legend=dict(orientation="h", y=-0.35), xaxis=dict(tickangle=-60, tickfont=dict(size=9)))
+    return fig
+
+
+def size_gauge(size: SizeReport) -> go.Figure:
+    mb = size.size_bytes / 1e6
+    fig = go.Figure(go.Indicator(
+        mode="gauge+number+delta", value=mb, number={"suffix": " MB", "valueformat": ".1f"},
+        delta={"reference": size.fp32_size_bytes / 1e6, "valueformat": ".1f", "suffix": " MB"},
+        title={"text": f"Size: {size.compression_vs_fp32:.2f}x smaller than fp32, {size.bits_per_parameter:.1f} bits/param"},
+        gauge={"axis": {"range": [0, size.fp32_size_bytes / 1e6]},
+               "steps": [{"range": [0, size.fp16_size_bytes / 1e6], "color": "#e8f0e8"}],
+               "threshold": {"line": {"color": "red", "width": 3}, "value": size.fp16_size_bytes / 1e6}},
+    ))
+    fig.update_layout(height=HEIGHT - 40, margin=dict(l=30, r=30, t=70, b=10))
+    return fig

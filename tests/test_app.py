@@ -38,7 +38,7 @@ def test_quantize_then_transcribe_side_by_side(client):
     fp, diff, details = client.predict(handle_file(str(clip.path)), "tiny.en", clip.name, info["run_id"],
                                        api_name="/transcribe")
     assert "quick brown fox" in fp.lower()
-    quantized = " ".join(d["token"] for d in diff if d["class_or_confidence"] != "missing")
+    quantized = "".join(d["token"] for d in diff if d["class_or_confidence"] != "missing")
     assert "fox" in quantized.lower()
     assert "WER full precision" in details and "quantized:" in details
 

@@ -152,9 +152,13 @@ class Explorer:
     def _status(result: QuantizationResult) -> str:
         c = result.config
         calib = f", {result.calibration['n_clips']} calibration clips" if result.calibration else ""
+        size = result.size
+        rest = size.size_bytes - size.quantized_weight_bytes
         return (f"**{c.method} {c.bits}-bit** (group {c.group_size}) in {result.seconds:.1f} s{calib}: "
-                f"{result.size.size_bytes / 1e6:.1f} MB, {result.size.compression_vs_fp32:.2f}x smaller than fp32. "
-                f"Weights are dequantized for this demo (*fake quant*): same speed as fp32.")
+                f"{size.size_bytes / 1e6:.1f} MB, {size.compression_vs_fp32:.2f}x smaller than fp32 "
+                f"(quantized layers {size.quantized_weight_bytes / 1e6:.1f} MB; embeddings, convolutions, norms and "
+                f"kept layers at fp16 {rest / 1e6:.1f} MB). Weights are dequantized for this demo "
+                f"(*fake quant*): same speed as fp32.")
 
     # ---------------------------------------------------------------- transcribe
     def transcribe_audio(self, audio_path: str | None, model_name: str, sample_name: str | None = None,
@@ -191,5 +195,6 @@ class Explorer:
             lines.append(f"Reference: *{reference}*  \nWER full precision: **{100 * wer_fp:.1f}%**")
             if q_text is not None:
                 lines[-1] += f", quantized: **{100 * self.scorer.score([reference], [q_text])[0]:.1f}%**"
-        diff = word_diff(fp_text, q_text) if q_text is not None else []
+        # HighlightedText joins tokens as given: keep the spaces between words.
+        diff = [(word + " ", tag) for word, tag in word_diff(fp_text, q_text)] if q_text is not None else []
         return fp_text, diff, "  \n".join(lines)

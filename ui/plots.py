@@ -50,8 +50,11 @@ def size_gauge(size: SizeReport) -> go.Figure:
     mb = size.size_bytes / 1e6
     fig = go.Figure(go.Indicator(
         mode="gauge+number+delta", value=mb, number={"suffix": " MB", "valueformat": ".1f"},
-        delta={"reference": size.fp32_size_bytes / 1e6, "valueformat": ".1f", "suffix": " MB"},
-        title={"text": f"Size: {size.compression_vs_fp32:.2f}x smaller than fp32, {size.bits_per_parameter:.1f} bits/param"},
+        delta={"reference": size.fp32_size_bytes / 1e6, "valueformat": ".1f", "suffix": " MB vs fp32",
+               "decreasing": {"color": "green"}, "increasing": {"color": "red"}},
+        title={"text": f"{size.compression_vs_fp32:.2f}x smaller than fp32<br>"
+                       f"<span style='font-size:0.8em'>{size.bits_per_parameter:.1f} bits per parameter; "
+                       f"red line: fp16</span>"},
         gauge={"axis": {"range": [0, size.fp32_size_bytes / 1e6]},
                "steps": [{"range": [0, size.fp16_size_bytes / 1e6], "color": "#e8f0e8"}],
                "threshold": {"line": {"color": "red", "width": 3}, "value": size.fp16_size_bytes / 1e6}},

@@ -207,6 +207,18 @@ class TwoStreamPass:
             self.progress(done / n_blocks, f"decoder block {b + 1}/{len(decoder.layers)}")
         self.decoder_states = (y_fp, y_q)
 
+    def _accumulate(self, inputs_fp: torch.Tensor, inputs_q: torch.Tensor, token_mask: torch.Tensor,
+                    split_of_clip: torch.Tensor) -> LayerStats:
+        """Moments of one input, clip by clip (contiguous views: no copy of the whole stream)."""
+        stats = LayerStats(inputs_fp.shape[-1], N_SPLITS)
+        for clip in range(self.data.n_clips):
+            rows = token_mask[clip]
+            a, b = inputs_fp[clip], inputs_q[clip]
+            if not bool(rows.all()):
+                a, b = a[rows], b[rows]
+            stats.add_batch(a, b, split=int(split_of_clip[clip]))
+        return stats
+
     def _run_block(self, part, index, block, stages, x_fp, x_q, kw_fp, kw_q, mask, cross_mask, on_group):
         fp_block = copy.deepcopy(block)  # the full-precision stream keeps the original weights
         fp_stages = stages(fp_block, x_fp, self.batch_size, **kw_fp)
@@ -220,21 +232,18 @@ class TwoStreamPass:
                 out_fp = done.value
                 break
             inputs_q = next(q_stages)
-            stats = {}
+            stats: dict[str, LayerStats] = {}
+            shared: dict[tuple[int, int], LayerStats] = {}  # q/k/v (and cross k/v) read the same input
             for name in inputs_fp:
-                token_mask = cross_mask if name in CROSS_KV else mask
-                stats[name] = LayerStats(inputs_fp[name].shape[-1], N_SPLITS)
-                # Clip by clip: contiguous views, no copy of the whole stream.
-                for clip in range(self.data.n_clips):
-                    rows = token_mask[clip]
-                    a, b = inputs_fp[name][clip], inputs_q[name][clip]
-                    if not bool(rows.all()):
-                        a, b = a[rows], b[rows]
-                    stats[name].add_batch(a, b, split=int(split_of_clip[clip]))
+                key = (id(inputs_fp[name]), id(inputs_q[name]))
+                if key not in shared:
+                    shared[key] = self._accumulate(inputs_fp[name], inputs_q[name],
+                                                   cross_mask if name in CROSS_KV else mask, split_of_clip)
+                stats[name] = shared[key]
             full = {name: f"model.{part}.layers.{index}.{name}" for name in inputs_fp}
             on_group(part, index, {full[n]: block.get_submodule(n) for n in inputs_fp},
                      {full[n]: stats[n] for n in inputs_fp})
-            for s in stats.values():
+            for s in shared.values():
                 s.free()
         try:
             next(q_stages)

@@ -65,3 +65,27 @@ def test_converted_model_is_cached_and_reloaded(tiny):
     assert all(
         (a == b).all() for a, b in zip(tiny.model.state_dict().values(), again.model.state_dict().values())
     )
+
+
+def test_transformers_folder_loads_and_transcribes_like_the_original(tiny, tmp_path):
+    """A transformers Whisper checkpoint folder (config, weights, tokenizer.json) is accepted as a model."""
+    from engine.samples import sample_clips
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokens.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    tiny.feature_extractor.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    audio = [load_audio(next(c for c in sample_clips() if c.name == "demo-02").path)]
+    assert "transformers checkpoint" in loaded.source
+    assert transcribe(loaded, audio) == transcribe(tiny, audio)
+
+
+def test_multilingual_base_from_split_packages_when_installed():
+    if not next(r for r in available_models() if r["name"] == "base")["installed"]:
+        pytest.skip("the optional base model is not installed (pip install '.[base]')")
+    from tests.conftest import speech_dir
+
+    base = load_model("base")
+    assert base.tokens.is_multilingual and "<|en|>" in base.tokens.language_ids
+    text = transcribe(base, [load_audio(speech_dir("jfk") / "jfk.flac")])[0].lower()
+    assert "ask not what your country can do for you" in text.replace(",", "")

@@ -108,17 +108,27 @@ def _attention_core(attention: nn.Module, hidden: torch.Tensor, batch_size: int,
 # A block's stages: a generator that yields the inputs of one sequential group at a time (layer name ->
 # (clips, tokens, features)) and, once resumed after that group is quantized, computes the next group's
 # inputs with the quantized weights; it returns the block output. The same code runs both streams.
+def _in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """fn over batches of clips: bounds the temporaries of wide layers (fc1's output is 4x the stream)."""
+    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+# The generators drop each intermediate as soon as it is no longer needed: the two streams are suspended
+# side by side, so whatever a stage keeps alive counts twice.
 def encoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, **_):
     h = block.self_attn_layer_norm(x)
     yield {"self_attn.q_proj": h, "self_attn.k_proj": h, "self_attn.v_proj": h}
     a = _attention_core(block.self_attn, h, batch_size, attention_mask=None)
+    del h
     yield {"self_attn.out_proj": a}
     x = x + block.self_attn.out_proj(a)
+    del a
     h = block.final_layer_norm(x)
     yield {"fc1": h}
-    f = block.activation_fn(block.fc1(h))
+    f = _in_batches(lambda t: block.activation_fn(block.fc1(t)), h, batch_size)
+    del h
     yield {"fc2": f}
-    return x + block.fc2(f)
+    return x + _in_batches(block.fc2, f, batch_size)
 
 
 def decoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, encoder_out: torch.Tensor,
@@ -126,16 +136,21 @@ def decoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, enc
     h = block.self_attn_layer_norm(x)
     yield {"self_attn.q_proj": h, "self_attn.k_proj": h, "self_attn.v_proj": h}
     a = _attention_core(block.self_attn, h, batch_size, attention_mask=causal_mask)
+    del h
     yield {"self_attn.out_proj": a}
     x = x + block.self_attn.out_proj(a)
+    del a
     h = block.encoder_attn_layer_norm(x)
     yield {"encoder_attn.q_proj": h, "encoder_attn.k_proj": encoder_out, "encoder_attn.v_proj": encoder_out}
     c = _attention_core(block.encoder_attn, h, batch_size, key_value_states=encoder_out)
+    del h
     yield {"encoder_attn.out_proj": c}
     x = x + block.encoder_attn.out_proj(c)
+    del c
     h = block.final_layer_norm(x)
     yield {"fc1": h}
     f = block.activation_fn(block.fc1(h))
+    del h
     yield {"fc2": f}
     return x + block.fc2(f)
 
@@ -219,6 +234,21 @@ class TwoStreamPass:
             stats.add_batch(a, b, split=int(split_of_clip[clip]))
         return stats
 
+    def _quantize_group(self, part, index, block, inputs_fp, inputs_q, mask, cross_mask, split_of_clip, on_group):
+        stats: dict[str, LayerStats] = {}
+        shared: dict[tuple[int, int], LayerStats] = {}  # q/k/v (and cross k/v) read the same input
+        for name in inputs_fp:
+            key = (id(inputs_fp[name]), id(inputs_q[name]))
+            if key not in shared:
+                shared[key] = self._accumulate(inputs_fp[name], inputs_q[name],
+                                               cross_mask if name in CROSS_KV else mask, split_of_clip)
+            stats[name] = shared[key]
+        full = {name: f"model.{part}.layers.{index}.{name}" for name in inputs_fp}
+        on_group(part, index, {full[n]: block.get_submodule(n) for n in inputs_fp},
+                 {full[n]: stats[n] for n in inputs_fp})
+        for s in shared.values():
+            s.free()
+
     def _run_block(self, part, index, block, stages, x_fp, x_q, kw_fp, kw_q, mask, cross_mask, on_group):
         fp_block = copy.deepcopy(block)  # the full-precision stream keeps the original weights
         fp_stages = stages(fp_block, x_fp, self.batch_size, **kw_fp)
@@ -232,19 +262,8 @@ class TwoStreamPass:
                 out_fp = done.value
                 break
             inputs_q = next(q_stages)
-            stats: dict[str, LayerStats] = {}
-            shared: dict[tuple[int, int], LayerStats] = {}  # q/k/v (and cross k/v) read the same input
-            for name in inputs_fp:
-                key = (id(inputs_fp[name]), id(inputs_q[name]))
-                if key not in shared:
-                    shared[key] = self._accumulate(inputs_fp[name], inputs_q[name],
-                                                   cross_mask if name in CROSS_KV else mask, split_of_clip)
-                stats[name] = shared[key]
-            full = {name: f"model.{part}.layers.{index}.{name}" for name in inputs_fp}
-            on_group(part, index, {full[n]: block.get_submodule(n) for n in inputs_fp},
-                     {full[n]: stats[n] for n in inputs_fp})
-            for s in shared.values():
-                s.free()
+            self._quantize_group(part, index, block, inputs_fp, inputs_q, mask, cross_mask, split_of_clip, on_group)
+            del inputs_fp, inputs_q  # let the stages free them while computing the next group's inputs
         try:
             next(q_stages)
         except StopIteration as done:

@@ -65,7 +65,8 @@ class LayerStats:
         return total
 
     def free(self) -> None:
-        del self._hq, self._cross, self._hx
+        """Drop the accumulators (idempotent: layers reading the same input share one LayerStats)."""
+        self._hq = self._cross = self._hx = None
 
 
 def output_error(w: torch.Tensor, q: torch.Tensor, m: Moments) -> float:

@@ -12,7 +12,7 @@ import torch
 
 from bench.common import test_other_clips, write_results
 from bench.foundation import run_faster_whisper, run_ours
-from engine.config import FADEConfig
+from engine.config import FADEConfig, W8A8Config
 from engine.evaluate import TextScorer
 from engine.experiment import build_calibration, calibration_clips
 from engine.kernels import int4_weight_only, int8_dynamic
@@ -31,10 +31,13 @@ def main() -> dict:
     fade4 = quantize(loaded, FADEConfig(bits=4, group_size=64),
                      build_calibration(loaded, calibration_clips(SAMPLE_DIR, 32, 0, utterances)))
     int4_model, on_kernel = int4_weight_only(fade4)
+    w8a8 = quantize(loaded, W8A8Config(activations="dynamic"))
     folder = str(REGISTRY["tiny.en"].locate().model_parts[0].parent)
     systems = {
         "app fp32": lambda: run_ours(loaded, audios, 1),
         "app int8 dynamic (real int8 kernels)": lambda: run_ours(int8_dynamic(loaded), audios, 1),
+        "app W8A8 dynamic, simulated (fake quant)": lambda: run_ours(w8a8.loaded, audios, 1),
+        "app W8A8 dynamic on the real int8 kernels": lambda: run_ours(int8_dynamic(w8a8.loaded), audios, 1),
         "app FADE 4-bit g64, fake quant (float weights)": lambda: run_ours(fade4.loaded, audios, 1),
         f"app FADE 4-bit g64 on the int4 kernel ({len(on_kernel)} layers)": lambda: run_ours(int4_model, audios, 1),
         "faster-whisper int8": lambda: run_faster_whisper(folder, "int8", audios),

@@ -5,6 +5,9 @@ librispeech-test-other. Also quantization time and peak memory per method. Resul
 run and reused on the next start (delete bench/results/methods.json to start over).
 
     python -m bench.methods [--bits 3 4] [--seeds 5] [--methods gptq qep fade] [--sources real sample]
+
+Exploring a design change: `--set act_order=true --out explore` runs the same table with extra method
+settings (labelled with them) into bench/results/explore.{json,md}.
 """
 
 from __future__ import annotations
@@ -49,14 +52,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def variants(methods, bits_list, alphas=QEP_ALPHAS):
+def parse_setting(text: str) -> tuple[str, object]:
+    """'act_order=true' -> ('act_order', True); numbers become numbers."""
+    key, _, value = text.partition("=")
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def variants(methods, bits_list, alphas=QEP_ALPHAS, extra: dict | None = None, group_size: int = 64):
+    extra = extra or {}
+    tag = "".join(f" {k}={v}" for k, v in extra.items()) + ("" if group_size == 64 else f" g{group_size}")
     for bits in bits_list:
         for method in methods:
             if method == "qep":
                 for alpha in alphas:
-                    yield f"qep a={alpha} {bits}b", make_config("qep", bits=bits, group_size=64, alpha=alpha)
+                    yield f"qep a={alpha}{tag} {bits}b", make_config("qep", bits=bits, group_size=group_size,
+                                                                     alpha=alpha, **extra)
             else:
-                yield f"{method} {bits}b", make_config(method, bits=bits, group_size=64)
+                yield f"{method}{tag} {bits}b", make_config(method, bits=bits, group_size=group_size, **extra)
 
 
 def main(argv=None) -> dict:
@@ -66,9 +86,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "qep", "fade"])
     parser.add_argument("--sources", nargs="+", default=["sample", "real"])
     parser.add_argument("--alphas", type=float, nargs="+", default=list(QEP_ALPHAS), help="QEP global alphas")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra method settings")
+    parser.add_argument("--out", default="methods", help="results name under bench/results")
+    parser.add_argument("--group-size", type=int, default=64)
     args = parser.parse_args(argv)
+    extra = dict(parse_setting(s) for s in args.set)
 
-    out_json = RESULTS / "methods.json"
+    out_json = RESULTS / f"{args.out}.json"
     runs = json.loads(out_json.read_text())["runs"] if out_json.exists() else {}
     loaded = load_model("tiny.en")
     data = load_dataset(speech("librispeech-test-other"))
@@ -78,10 +102,10 @@ def main(argv=None) -> dict:
         runs["fp32"] = {"wer": report.wer, "rtf": report.rtf}
 
     def save():
-        write_results("methods", {"runs": runs}, markdown(runs))
+        write_results(args.out, {"runs": runs}, markdown(runs, NOTES.get(args.out, "")))
 
-    for label, config in variants(args.methods, args.bits, args.alphas):
-        needs = get_method(config.method).needs_calibration
+    for label, config in variants(args.methods, args.bits, args.alphas, extra, args.group_size):
+        needs = get_method(config.method).uses_calibration(config)
         for source in args.sources if needs else ["none"]:
             for seed in range(args.seeds) if needs else [None]:
                 key = f"{label} | {source} | {seed}"
@@ -105,7 +129,15 @@ def main(argv=None) -> dict:
     return runs
 
 
-def markdown(runs: dict) -> str:
+NOTES = {
+    "methods": "",
+    "seed_methods": ("nf4 and w8a8 dynamic need no calibration (one run). W8A8 rows are simulated fixed point; "
+                     "the same dynamic int8 model on torch's real int8 kernels is timed against faster-whisper "
+                     "int8 in kernels.md. gq trains its centroids on the calibration moments (label-free)."),
+}
+
+
+def markdown(runs: dict, note: str = "") -> str:
     fp32 = runs.get("fp32", {}).get("wer")
     groups: dict[tuple, list] = {}
     for key, r in runs.items():
@@ -126,7 +158,7 @@ def markdown(runs: dict) -> str:
         lines.append(f"| {label} | {source} | {len(rs)} | {100 * mean:.2f} | {100 * std:.2f} | {per_seed} | "
                      f"{mean_std([r['quant_seconds'] for r in rs])[0]:.0f} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
     lines += ["", "sample = the project's sample_audio (TTS); real = ../shared/speech outside test-other. "
-              "Peak RSS is the whole process (model, data and the pass)."]
+              "Peak RSS is the whole process (model, data and the pass).", "", note]
     return "\n".join(lines)
 
 

@@ -1,4 +1,7 @@
-"""`make bench`: run every benchmark and write bench/results/*.json and *.md."""
+"""`make bench`: run every benchmark and write bench/results/*.json and *.md.
+
+Resumable: the method tables skip runs already in their JSON (delete it to start over).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,16 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import foundation, kernels, methods
+from bench import foundation, kernels, methods, personalization
+
+# The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
+SEED_METHOD_RUNS = (
+    ["--methods", "rtn", "gptq", "gq", "--bits", "4", "3", "2", "--sources", "real"],
+    ["--methods", "nf4", "--bits", "4"],
+    ["--methods", "nf4", "--bits", "4", "--set", "double_quant=false"],
+    ["--methods", "w8a8", "--bits", "8", "--group-size", "-1", "--sources", "real", "--set", "activations=static"],
+    ["--methods", "w8a8", "--bits", "8", "--group-size", "-1", "--set", "activations=dynamic"],
+)
 
 
 def main() -> None:
@@ -16,6 +28,9 @@ def main() -> None:
     foundation.main()
     kernels.main()
     methods.main([])
+    for args in SEED_METHOD_RUNS:
+        methods.main(["--out", "seed_methods", *args])
+    personalization.main([])
 
 
 if __name__ == "__main__":

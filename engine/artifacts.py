@@ -3,8 +3,10 @@
 A folder with:
   asrq-quantized.json   format version, model name/source, Whisper and generation configs, method config,
                         layer table, dropped layers, size, diagnostics, calibration, library versions
-  weights.safetensors   per quantized layer: <name>.qweight (codes packed at `bits` bits, uint8),
-                        <name>.scales (float16, (out, groups)), <name>.zeros (uint8, asymmetric only);
+  weights.safetensors   per quantized layer the arrays of its weight kind under <name>.<array>: integer
+                        grids (kind "int"): qweight (codes packed at `bits` bits), scales (float16),
+                        zeros (uint8, asymmetric only); codebooks (kind "codebook", NF4 and learned
+                        centroids): qweight, scales or double-quantized scale codes, levels;
                         every other parameter in float16 under its own name
   tokenizer.json        the model's tokenizer
 Saving writes to a temporary folder beside the target and renames it at the end, so an interrupted save
@@ -25,15 +27,18 @@ import torch
 from safetensors.numpy import load_file, save_file
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
+from engine.activation_quant import attach_input_quantizers
+from engine.codebook import CodebookTensor
 from engine.errors import UserError
-from engine.formats import IntFormat, QuantizedTensor, pack_codes, unpack_codes
+from engine.formats import QuantizedTensor
 from engine.layer_table import LayerSpec
 from engine.models import LoadedModel
 from engine.quantize import QuantizationResult
 from engine.size import unique_parameters
 from engine.tokens import WhisperTokens
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weight kinds (int, codebook); 1 held integer grids only and still loads
+READABLE_VERSIONS = (1, 2)
 KIND = "asrq-quantized-whisper"
 META_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "asrq-quantized.json", "weights.safetensors", "tokenizer.json"
 
@@ -42,23 +47,24 @@ class ArtifactError(UserError):
     """A folder is not a readable quantized-model artifact."""
 
 
+WEIGHT_KINDS = {cls.kind: cls for cls in (QuantizedTensor, CodebookTensor)}
+
+
 def _versions() -> dict:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def save_quantized(result: QuantizationResult, out_dir: str | Path) -> Path:
+def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Save atomically; ``extra`` adds keys (e.g. the app's run summary) to the metadata."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ArtifactError(f"{out_dir} already exists and is not empty; choose a new folder.")
     model = result.loaded.model
     tensors: dict[str, np.ndarray] = {}
     for name, qt in result.tensors.items():
-        tensors[f"{name}.qweight"] = pack_codes(qt.codes, qt.fmt.bits)
-        tensors[f"{name}.scales"] = qt.scale.half().numpy()
-        if not qt.fmt.symmetric:
-            tensors[f"{name}.zeros"] = qt.zero.to(torch.uint8).numpy()
+        tensors |= {f"{name}.{key}": array for key, array in qt.to_arrays().items()}
     state = model.state_dict()
     for pname in unique_parameters(model):
         layer = pname.rsplit(".", 1)[0]
@@ -73,7 +79,7 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path) -> Path:
         "whisper_config": model.config.to_dict(),
         "generation_config": model.generation_config.to_dict(),
         "quant_config": result.config.to_dict(),
-        "formats": {name: asdict(qt.fmt) for name, qt in result.tensors.items()},
+        "weights": {name: qt.describe() for name, qt in result.tensors.items()},
         "layers": [asdict(row) for row in result.table],
         "dropped": sorted(result.dropped),
         "size": result.size.to_dict(),
@@ -82,7 +88,9 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path) -> Path:
         "calibration": result.calibration,
         "quantization_seconds": result.seconds,
         "fake_quant": result.fake_quant,
+        "activations": result.activations,
         "versions": _versions(),
+        **(extra or {}),
     }
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +117,7 @@ def read_metadata(folder: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path} is damaged ({exc}).") from exc
-    if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("kind") != KIND or meta.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{folder} holds format {meta.get('kind')} v{meta.get('format_version')}; this version reads {KIND} v{FORMAT_VERSION}."
         )
@@ -136,19 +144,32 @@ def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
                 state[pname].zero_()
             elif pname in tensors:
                 state[pname].copy_(torch.from_numpy(tensors[pname].astype(np.float32)))
-        for name, fmt_dict in meta["formats"].items():
-            fmt = IntFormat(**fmt_dict)
-            layer = model.get_submodule(name)
-            scale = torch.from_numpy(tensors[f"{name}.scales"].astype(np.float32))
-            zero = (torch.from_numpy(tensors[f"{name}.zeros"].astype(np.float32)) if not fmt.symmetric
-                    else torch.full_like(scale, (fmt.maxq + 1) / 2))
-            codes = unpack_codes(tensors[f"{name}.qweight"], fmt.bits, layer.weight.numel()).reshape(layer.weight.shape)
-            layer.weight.copy_(QuantizedTensor(codes, scale, zero, fmt).dequantize())
+        for name, qt in weights_from(meta, tensors, model).items():
+            model.get_submodule(name).weight.copy_(qt.dequantize())
     model.tie_weights()
+    if meta.get("activations"):
+        attach_input_quantizers(model, meta["activations"])
     tokens = WhisperTokens.from_file(folder / TOKENIZER_FILE, config.vocab_size)
     loaded = LoadedModel(f"{meta['model']['name']} ({meta['quant_config']['method']})", model,
                          WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokens, f"quantized artifact {folder}")
     return loaded, meta
+
+
+def weights_from(meta: dict, tensors: dict[str, np.ndarray], model) -> dict:
+    """name -> quantized weight object, from the metadata's descriptions and the stored arrays."""
+    if meta["format_version"] == 1:  # integer grids only, described by their IntFormat
+        described = {name: {"kind": "int", **fmt, "shape": list(model.get_submodule(name).weight.shape)}
+                     for name, fmt in meta["formats"].items()}
+    else:
+        described = meta["weights"]
+    out = {}
+    for name, desc in described.items():
+        if desc.get("kind") not in WEIGHT_KINDS:
+            raise ArtifactError(f"layer {name} has weight kind {desc.get('kind')!r}, which this version cannot read.")
+        prefix = f"{name}."
+        arrays = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        out[name] = WEIGHT_KINDS[desc["kind"]].from_arrays(arrays, desc)
+    return out
 
 
 def table_from_metadata(meta: dict) -> list[LayerSpec]:

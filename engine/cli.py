@@ -48,11 +48,11 @@ def _layer_table(args: argparse.Namespace, loaded, config):
     return apply_overrides(build_table(loaded.model, config.bits, config.group_size), load_overrides(args.layers))
 
 
-def _calibration(args: argparse.Namespace, loaded, exclude=()):
+def _calibration(args: argparse.Namespace, loaded, config, exclude=()):
     from engine.experiment import build_calibration, calibration_clips
     from engine.methods import get_method
 
-    if not get_method(args.method).needs_calibration:
+    if not get_method(config.method).uses_calibration(config):
         return None
     return build_calibration(loaded, calibration_clips(args.calib, args.n_calib, args.seed, exclude))
 
@@ -71,7 +71,7 @@ def _model_for(args: argparse.Namespace):
     from engine.quantize import quantize
 
     config = _quant_config(args)
-    return quantize(loaded, config, _calibration(args, loaded), _layer_table(args, loaded, config)).loaded
+    return quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config)).loaded
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
@@ -137,7 +137,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.model)
     config = _quant_config(args)
-    result = quantize(loaded, config, _calibration(args, loaded), _layer_table(args, loaded, config),
+    result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config),
                       progress=(lambda f, msg: log.info("%3.0f%% %s", 100 * f, msg)))
     if args.calib and result.calibration:
         result.calibration.update({"folder": str(args.calib), "seed": args.seed})
@@ -168,14 +168,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "qep_damping", "base")
+QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "qep_damping", "base",
+                  "double_quant", "mu", "steps", "lr", "activations", "activation_bits")
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
     from engine.samples import SAMPLE_DIR
 
     g = p.add_argument_group("quantization")
-    g.add_argument("--method", required=required, help="rtn, gptq, qep, fade (see `asrq methods`)")
+    g.add_argument("--method", required=required, help="rtn, gptq, qep, fade, nf4, gq, w8a8 (see `asrq methods`)")
     g.add_argument("--bits", type=int)
     g.add_argument("--group-size", type=int, help="-1 for one scale per output channel")
     g.add_argument("--symmetric", action="store_true", default=None)
@@ -185,10 +186,55 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--block-size", type=int)
     g.add_argument("--act-order", action="store_true", default=None)
     g.add_argument("--base", choices=("gptq", "rtn"), help="rounding after the QEP correction")
+    g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None, help="nf4: int8 block scales")
+    g.add_argument("--mu", type=float, help="gq: mu-law companding of the initial centroids")
+    g.add_argument("--steps", type=int, help="gq: training steps per layer")
+    g.add_argument("--lr", type=float, help="gq: learning rate of the centroids")
+    g.add_argument("--activations", choices=("static", "dynamic"), help="w8a8: static ranges or per token")
+    g.add_argument("--activation-bits", type=int, help="w8a8: bits of the quantized activations")
     g.add_argument("--layers", help="layers.json with per-layer bits, group_size, alpha, action")
     g.add_argument("--calib", default=str(SAMPLE_DIR), help="calibration folder (default: sample_audio)")
     g.add_argument("--n-calib", type=int, default=32, help="calibration clips drawn by seed")
     g.add_argument("--seed", type=int, default=0, help="calibration draw")
+
+
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    """Adapt LoRA on the NF4 model to one speaker: train on the first --train clips of --data, test on the rest."""
+    from engine.audio import load_audio
+    from engine.config import NF4Config
+    from engine.evaluate import TextScorer, load_dataset
+    from engine.models import load_model
+    from engine.personalize import LoRASettings, PersonalizeError, adapted, check_speaker, personalize, save_adapter
+    from engine.quantize import quantize
+    from engine.transcribe import transcribe
+
+    check_speaker(args.speaker)
+    utterances = load_dataset(args.data)
+    if len(utterances) <= args.train:
+        raise PersonalizeError(f"{args.data} has {len(utterances)} clips; --train {args.train} leaves none to test on.")
+    train, test = utterances[: args.train], utterances[args.train:]
+    settings = LoRASettings(rank=args.rank, epochs=args.epochs, lr=args.lr)
+    fp32 = load_model(args.model)
+    base = quantize(fp32, NF4Config()).loaded
+    base_info = {"name": args.model, "quant_config": NF4Config().to_dict()}
+    adapter = personalize(base, args.speaker, [load_audio(u.path) for u in train], [u.reference for u in train],
+                          settings, base_info)
+    adapter.clips = [u.id for u in train]
+    folder = save_adapter(adapter, args.adapters)
+    audio = [load_audio(u.path) for u in test]
+    refs, scorer = [u.reference for u in test], TextScorer()
+    wer = {name: scorer.score(refs, transcribe(model, audio))[0]
+           for name, model in (("fp32", fp32), ("nf4", base), ("nf4+lora", adapted(base, adapter)))}
+    result = {"speaker": args.speaker, "adapter": str(folder), "train_clips": len(train), "test_clips": len(test),
+              "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
+              "train_seconds": adapter.seconds, "wer": wer}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"adapter for {args.speaker} saved in {folder} ({adapter.trainable_parameters:,} parameters, "
+              f"{100 * adapter.extra_fraction:.2f}%, {adapter.seconds:.0f} s); WER on {len(test)} held-out clips: "
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in wer.items()))
+    return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -197,6 +243,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for entry in METHODS.values():
         data = "calibration audio" if entry.needs_calibration else "no data"
         print(f"{entry.name:6s} {entry.summary} [{data}]")
+    print("pqm    NF4 + per-speaker LoRA adapters: see `asrq personalize`")
     return 0
 
 
@@ -239,6 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_quant_options(p, required=True)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("personalize", help="adapt LoRA on the NF4 model to one speaker (PQM)")
+    p.add_argument("--speaker", required=True, help="adapter name (letters, digits, . _ -)")
+    p.add_argument("--data", required=True, help="the speaker's clips: refs.tsv or LibriSpeech layout")
+    p.add_argument("--train", type=int, default=6, help="the first N clips train, the rest test")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--rank", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--adapters", help="adapters folder (default: ~/.local/share/asrq/adapters, ASRQ_DATA_DIR)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_personalize)
 
     p = sub.add_parser("methods", help="list the quantization methods")
     p.set_defaults(func=_cmd_methods)

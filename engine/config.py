@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from engine.errors import UserError
 from engine.layer_table import ALLOWED_BITS
 
+INT_BITS = tuple(b for b in ALLOWED_BITS if b >= 2)  # integer grids need 2 bits at least; 1 bit is a codebook
+
 
 class ConfigError(UserError):
     """A quantization setting is out of range."""
@@ -32,7 +34,7 @@ class QuantConfig:
     method = "base"
 
     def __post_init__(self) -> None:
-        _check(self.bits in ALLOWED_BITS, f"bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {self.bits}.")
+        _check(self.bits in INT_BITS, f"bits must be one of {', '.join(map(str, INT_BITS))}, not {self.bits}.")
         _check(self.group_size == -1 or self.group_size > 0, f"group size must be -1 or positive, not {self.group_size}.")
 
     def to_dict(self) -> dict:
@@ -93,6 +95,67 @@ class FADEConfig(QEPConfig):
     alpha: float = 0.5  # the prior alpha that unreliable layers shrink toward
 
     method = "fade"
+
+
+@dataclass(frozen=True)
+class NF4Config(QuantConfig):
+    """Blockwise NormalFloat-4 (QLoRA): absmax per block of group_size weights, 16 fixed levels."""
+
+    double_quant: bool = True  # int8 block scales in groups of 256 (~4.127 instead of 4.5 bits per weight)
+
+    method = "nf4"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.bits == 4, f"nf4 is a 4-bit format; bits must be 4, not {self.bits}.")
+
+
+@dataclass(frozen=True)
+class GQConfig(QuantConfig):
+    """General Quantizer (our reconstruction): learned per-layer centroids from a mu-law init, soft-to-hard.
+
+    Each layer's 2^bits centroids (in absmax-normalized weight space, shared by the layer's blocks of
+    group_size weights) are trained to make the layer's soft-quantized output on the quantized model's
+    inputs match the full-precision layer's output (label-free, from the calibration moments), while the
+    softmax temperature anneals from tau_start to tau_end (both relative to the squared level spacing).
+    """
+
+    mu: float = 8.0  # mu-law companding of the initial centroids (the paper's value is not published)
+    steps: int = 80  # Adam steps per layer
+    lr: float = 0.01  # Adam learning rate of the normalized centroids
+    rows_per_step: int = 96  # output rows per step (a stochastic estimate of the layer's loss)
+    tau_start: float = 1.0  # initial temperature, in units of the squared initial level spacing
+    tau_end: float = 0.01  # final temperature (near-hard); hard codes are taken after the last step
+
+    method = "gq"
+
+    def __post_init__(self) -> None:
+        _check(self.bits in ALLOWED_BITS, f"bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {self.bits}.")
+        _check(self.group_size == -1 or self.group_size > 0, f"group size must be -1 or positive, not {self.group_size}.")
+        _check(self.mu > 0, f"mu must be positive, not {self.mu}.")
+        _check(0 <= self.steps <= 10000, f"steps must be between 0 and 10000, not {self.steps}.")
+        _check(0 < self.lr <= 1, f"learning rate must be in (0, 1], not {self.lr}.")
+        _check(self.rows_per_step >= 1, f"rows per step must be positive, not {self.rows_per_step}.")
+        _check(0 < self.tau_end <= self.tau_start, f"need 0 < tau_end <= tau_start, not {self.tau_end}, {self.tau_start}.")
+
+
+@dataclass(frozen=True)
+class W8A8Config(QuantConfig):
+    """Fully 8-bit: weights on a symmetric per-channel int8 grid and every block linear's input quantized
+    to 8 bits, with static ranges from calibration (fixed point, as the paper) or per token at run time."""
+
+    bits: int = 8
+    group_size: int = -1
+    symmetric: bool = True
+    activations: str = "static"  # static | dynamic
+    activation_bits: int = 8
+
+    method = "w8a8"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.activations in ("static", "dynamic"), f"activations must be static or dynamic, not {self.activations!r}.")
+        _check(2 <= self.activation_bits <= 8, f"activation bits must be 2 to 8, not {self.activation_bits}.")
 
 
 @dataclass(frozen=True)

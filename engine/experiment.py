@@ -59,7 +59,7 @@ def quantize_and_evaluate(
     progress: ProgressFn | None = None,
 ) -> list[SeedRun]:
     """One quantization + evaluation per calibration seed (one run only when the method needs no data)."""
-    needs = get_method(config.method).needs_calibration
+    needs = get_method(config.method).uses_calibration(config)
     if needs and calib_folder is None:
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
     runs = []

@@ -94,6 +94,35 @@ class QuantizedTensor:
     zero: torch.Tensor
     fmt: IntFormat
 
+    kind = "int"
+
+    @property
+    def bits(self) -> int:
+        return self.fmt.bits
+
+    def nbytes(self) -> int:
+        return packed_bytes(*self.codes.shape, self.fmt)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "bits": self.fmt.bits, "group_size": self.fmt.group_size,
+                "symmetric": self.fmt.symmetric, "shape": list(self.codes.shape)}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"qweight": pack_codes(self.codes, self.fmt.bits), "scales": self.scale.half().numpy()}
+        if not self.fmt.symmetric:
+            arrays["zeros"] = self.zero.to(torch.uint8).numpy()
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "QuantizedTensor":
+        fmt = IntFormat(meta["bits"], meta["group_size"], meta["symmetric"])
+        out_features, in_features = meta["shape"]
+        scale = torch.from_numpy(arrays["scales"].astype(np.float32))
+        zero = (torch.full_like(scale, (fmt.maxq + 1) / 2) if fmt.symmetric
+                else torch.from_numpy(arrays["zeros"].astype(np.float32)))
+        codes = unpack_codes(arrays["qweight"], fmt.bits, out_features * in_features).reshape(out_features, in_features)
+        return cls(codes, scale, zero, fmt)
+
     def dequantize(self) -> torch.Tensor:
         out_features, in_features = self.codes.shape
         groups = self.scale.shape[1]

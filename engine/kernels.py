@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from engine.activation_quant import remove_input_quantizers
 from engine.formats import QuantizedTensor
 from engine.layer_table import linear_layers
 from engine.models import LoadedModel
@@ -33,6 +34,7 @@ def int8_dynamic(loaded: LoadedModel) -> LoadedModel:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     model = copy.deepcopy(loaded.model)
+    remove_input_quantizers(model)  # a W8A8 model's simulated input quantizers: the kernel does it for real
     spec = {name: per_channel_dynamic_qconfig for name in linear_layers(model)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -65,8 +67,8 @@ class Int4Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
-def int4_supported(qt: QuantizedTensor) -> bool:
-    return (qt.fmt.bits == 4 and not qt.fmt.symmetric and qt.fmt.group_size in INT4_GROUP_SIZES
+def int4_supported(qt) -> bool:
+    return isinstance(qt, QuantizedTensor) and (qt.fmt.bits == 4 and not qt.fmt.symmetric and qt.fmt.group_size in INT4_GROUP_SIZES
             and qt.codes.shape[1] % (INT4_INNER_K_TILES * 16) == 0)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.errors import UserError
 
-ALLOWED_BITS = (16, 8, 6, 5, 4, 3, 2)
+ALLOWED_BITS = (16, 8, 6, 5, 4, 3, 2, 1)  # 1 bit: codebook methods (gq) only
 ACTIONS = ("quantize", "keep", "drop")
 TABLE_FORMAT_VERSION = 1
 

@@ -20,9 +20,8 @@ from engine.calibration import BlockRecord, CalibrationData, TwoStreamPass, chec
 from engine.config import QuantConfig
 from engine.diagnostics import LayerRecord, record_for
 from engine.errors import UserError
-from engine.formats import QuantizedTensor
 from engine.layer_table import LayerSpec, build_table, linear_layers
-from engine.methods import get_method
+from engine.methods import QuantizedWeight, get_method
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
 from engine.size import SizeReport, size_report
@@ -43,7 +42,7 @@ class QuantizationResult:
     loaded: LoadedModel  # the quantized copy, ready to transcribe
     config: QuantConfig
     table: list[LayerSpec]
-    tensors: dict[str, QuantizedTensor]  # quantized layer name -> codes and grid
+    tensors: dict[str, QuantizedWeight]  # quantized layer name -> codes and grid (or codebook)
     dropped: set[str]  # layer names in removed branches
     layer_records: list[LayerRecord]
     block_records: list[BlockRecord]
@@ -51,6 +50,7 @@ class QuantizationResult:
     seconds: float
     calibration: dict = field(default_factory=dict)
     fake_quant: bool = True  # weights are dequantized floats: no speed-up by themselves
+    activations: dict = field(default_factory=dict)  # activation quantizers a method attached (W8A8), as saved
 
 
 def _apply_drops(model: nn.Module, table: list[LayerSpec]) -> set[str]:
@@ -99,14 +99,14 @@ def quantize(
     """Quantize a copy of ``loaded`` with ``config``; per-layer rows in ``layers`` override bits etc."""
     progress = progress or (lambda fraction, message: None)
     method = get_method(config.method)
-    if method.needs_calibration and calibration is None:
+    if method.uses_calibration(config) and calibration is None:
         raise UserError(f"Method '{config.method}' needs calibration audio.")
     start = time.perf_counter()
     model = copy.deepcopy(loaded.model)
     table = resolve_table(model, config, layers)
     specs = {row.name: row for row in table}
     dropped = _apply_drops(model, table)
-    tensors: dict[str, QuantizedTensor] = {}
+    tensors: dict[str, QuantizedWeight] = {}
     records: dict[str, LayerRecord] = {}
 
     def quantize_layer(name: str, layer: nn.Linear, stats: LayerStats | None) -> None:
@@ -122,7 +122,7 @@ def quantize(
         records[name] = record_for(spec, w, outcome, stats)
 
     linears = linear_layers(model)
-    if calibration is not None:
+    if calibration is not None and method.needs_moments:
         check_layers_covered(model)
         qloaded = replace(loaded, model=model)
 
@@ -139,7 +139,7 @@ def quantize(
             progress((i + 1) / len(linears), f"layer {i + 1}/{len(linears)}")
         block_records = []
     _round_other_parameters_to_fp16(model, set(tensors))
-    formats = {name: t.fmt for name, t in tensors.items()}
+    activations = method.finalize(model, config, calibration, loaded) if method.finalize else {}
     result = QuantizationResult(
         loaded=replace(loaded, model=model.eval()),
         config=config,
@@ -148,9 +148,10 @@ def quantize(
         dropped=dropped,
         layer_records=[records[name] for name in linears],
         block_records=block_records,
-        size=size_report(model, formats, dropped),
+        size=size_report(model, {name: t.nbytes() for name, t in tensors.items()}, dropped),
         seconds=time.perf_counter() - start,
         calibration={"n_clips": calibration.n_clips} if calibration is not None else {},
+        activations=activations,
     )
     log.info("%s quantized in %.1f s: %.2f MB", config.method, result.seconds, result.size.size_bytes / 1e6)
     return result

@@ -1,6 +1,7 @@
 """Exact size of the deployable form of a (quantized) model, compared with fp32 and fp16.
 
-Deployable form: quantized linear weights as packed codes + float16 scales (+ uint8 zeros); dropped
+Deployable form: quantized linear weights in their packed form (each weight kind knows its exact bytes:
+integer grids in engine/formats.py, codebooks in engine/codebook.py); dropped
 branches take no bytes; every other parameter (kept layers, biases, norms, embeddings, convolutions) is
 stored as float16. Tied parameters count once.
 """
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from engine.formats import FP16_BYTES, FP32_BYTES, IntFormat, packed_bytes
+from engine.formats import FP16_BYTES, FP32_BYTES
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def unique_parameters(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def size_report(model: nn.Module, formats: dict[str, IntFormat], dropped: set[str]) -> SizeReport:
-    """formats: quantized layer name -> its format; dropped: layer names whose branch is removed."""
+def size_report(model: nn.Module, weight_bytes: dict[str, int], dropped: set[str]) -> SizeReport:
+    """weight_bytes: quantized layer name -> bytes of its packed weight; dropped: layers of removed branches."""
     params = unique_parameters(model)
     total_elements = sum(params.values())
     size = quantized = 0
@@ -54,9 +55,8 @@ def size_report(model: nn.Module, formats: dict[str, IntFormat], dropped: set[st
         layer = name.rsplit(".", 1)[0]
         if layer in dropped:
             continue
-        if layer in formats and name.endswith(".weight"):
-            module = model.get_submodule(layer)
-            nbytes = packed_bytes(module.out_features, module.in_features, formats[layer])
+        if layer in weight_bytes and name.endswith(".weight"):
+            nbytes = weight_bytes[layer]
             quantized += nbytes
             size += nbytes
         else:

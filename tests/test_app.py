@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+    monkeypatch_module.setenv("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))  # history, results
     demo = build_app()
     _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True)
     client = Client(url, verbose=False)
@@ -34,6 +35,7 @@ def monkeypatch_module():
 def test_quantize_then_transcribe_side_by_side(client):
     info = client.predict("tiny.en", "rtn", 4, 64, 0.5, 0, "", api_name="/quantize")
     assert info["size_bytes"] < info["fp32_size_bytes"] / 2.5 and len(info["per_layer"]) == 64
+    assert info["demo_wer"] < 0.3  # scored on the demo clips in the worker process
     clip = next(c for c in sample_clips() if c.name == "demo-05")
     fp, diff, details = client.predict(handle_file(str(clip.path)), "tiny.en", clip.name, info["run_id"],
                                        api_name="/transcribe")

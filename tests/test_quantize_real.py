@@ -8,7 +8,7 @@ import torch
 from engine.artifacts import load_quantized, save_quantized
 from engine.audio import load_audio
 from engine.calibration import TwoStreamPass
-from engine.config import FADEConfig, GPTQConfig, RTNConfig
+from engine.config import FADEConfig, GPTQConfig, GQConfig, NF4Config, RTNConfig, W8A8Config
 from engine.experiment import build_calibration, calibration_clips
 from engine.layer_table import apply_overrides, build_table
 from engine.quantize import quantize
@@ -92,8 +92,61 @@ def test_save_and_load_give_identical_weights_and_transcripts(tiny, calibration,
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, original[name]), name
     assert transcribe(loaded, demo_audio) == transcribe(result.loaded, demo_audio)
-    assert meta["quant_config"]["method"] == "fade" and meta["format_version"] == 1
+    assert meta["quant_config"]["method"] == "fade" and meta["format_version"] == 2
     on_disk = (folder / "weights.safetensors").stat().st_size
     assert abs(on_disk - result.size.size_bytes) / result.size.size_bytes < 0.01
     row = {r["name"]: r for r in meta["layers"]}["model.encoder.layers.0.fc1"]
     assert (row["bits"], row["alpha"]) == (3, 0.2)
+
+
+def _round_trip(result, demo_audio, folder):
+    loaded, meta = load_quantized(save_quantized(result, folder))
+    original = result.loaded.model.state_dict()
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    assert transcribe(loaded, demo_audio) == transcribe(result.loaded, demo_audio)
+    on_disk = (folder / "weights.safetensors").stat().st_size
+    assert abs(on_disk - result.size.size_bytes) / result.size.size_bytes < 0.01
+    return meta
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_nf4_quantizes_exact_size_and_round_trips(tiny, demo_audio, tmp_path, double_quant):
+    result = quantize(tiny, NF4Config(double_quant=double_quant))
+    n_weights = sum(r.out_features * r.in_features for r in result.table)
+    bits_per_weight = 8 * result.size.quantized_weight_bytes / n_weights
+    assert bits_per_weight == pytest.approx(4.127 if double_quant else 4.5, abs=0.002)
+    texts = transcribe(result.loaded, demo_audio)
+    assert sum(len(t.split()) for t in texts) > 20
+    meta = _round_trip(result, demo_audio, tmp_path / "nf4")
+    assert next(iter(meta["weights"].values()))["kind"] == "codebook"
+
+
+def test_gq_trains_centroids_per_layer_including_one_and_two_bit_rows(tiny, calibration, demo_audio, tmp_path):
+    table = apply_overrides(build_table(tiny.model, bits=4, group_size=64), [
+        {"name": "model.encoder.layers.1.fc1", "bits": 2},
+        {"name": "model.encoder.layers.2.fc2", "bits": 1},
+    ])
+    result = quantize(tiny, GQConfig(bits=4, steps=40), calibration, layers=table)
+    one_bit = result.tensors["model.encoder.layers.2.fc2"]
+    assert one_bit.bits == 1 and len(one_bit.levels) == 2 and set(one_bit.codes.unique().tolist()) <= {0, 1}
+    record = {r.name: r for r in result.layer_records}["model.encoder.layers.1.fc1"]
+    assert record.notes["levels"] != record.notes["levels_initial"]  # the centroids moved
+    assert sum(len(t.split()) for t in transcribe(result.loaded, demo_audio)) > 20
+    _round_trip(result, demo_audio, tmp_path / "gq")
+
+
+@pytest.mark.parametrize("activations", ["static", "dynamic"])
+def test_w8a8_runs_end_to_end_and_reloads_its_activation_quantizers(tiny, calibration, demo_audio, tmp_path, activations):
+    config = W8A8Config(activations=activations)
+    result = quantize(tiny, config, calibration if activations == "static" else None)
+    assert result.activations["layers"] == 64 and result.activations["mode"] == activations
+    if activations == "static":
+        lo, hi = result.activations["ranges"]["model.encoder.layers.0.fc2"]
+        assert lo < 0 < hi
+    reference = transcribe(tiny, demo_audio)
+    texts = transcribe(result.loaded, demo_audio)
+    assert texts != [""] * len(texts)
+    assert sum(a == b for a, b in zip(texts, reference)) >= 1  # 8-bit keeps most transcripts
+    meta = _round_trip(result, demo_audio, tmp_path / "w8a8")
+    assert meta["activations"]["mode"] == activations

@@ -9,7 +9,7 @@ import gradio as gr
 
 from engine.methods import METHODS
 from engine.models import DEFAULT_MODEL, available_models
-from ui.handlers import TABLE_COLUMNS, Explorer
+from ui.handlers import HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
 
 INTRO = """# ASR Quantization Explorer
 Squeeze Whisper into fewer bits and hear what it costs. **1.** Pick a method and bits, press **Quantize**.
@@ -44,12 +44,18 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
             reset = gr.Button("Reset table to the settings above", size="sm")
         with gr.Row():
             quantize_btn = gr.Button("Quantize", variant="primary", elem_id="quantize")
+            cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
             run_id = gr.Textbox(label="Quantized model id", interactive=False, elem_id="run-id", max_lines=1)
         status = gr.Markdown(elem_id="status")
         with gr.Row():
             error_plot = gr.Plot(label="Error propagation", elem_id="error-plot")
             alpha_plot = gr.Plot(label="Bits and alpha", elem_id="alpha-plot")
+        with gr.Row():
             size_plot = gr.Plot(label="Size", elem_id="size-plot")
+            latency_plot = gr.Plot(label="Latency", elem_id="latency-plot")
+        with gr.Accordion("History: every finished run, and the size / latency / WER trade-off", open=True):
+            pareto_plot = gr.Plot(label="Pareto", elem_id="pareto-plot")
+            history = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history", max_height=260)
 
         gr.Markdown("## Listen and compare")
         with gr.Row():
@@ -68,10 +74,14 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         demo.load(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
         for trigger in (reset.click, bits.change, group_size.change, model.change):
             trigger(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
+        demo.load(explorer.history_view, outputs=[history, pareto_plot], api_visibility="private")
         quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table],
-                           outputs=[run_id, status, error_plot, alpha_plot, size_plot],
-                           api_visibility="private", concurrency_id="cpu")
-        gr.api(explorer.api_quantize, api_name="quantize", concurrency_id="cpu")
+                           outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, history, pareto_plot],
+                           api_visibility="private", concurrency_id="quantize")
+        # Cancel must never wait behind the job it cancels: its own unlimited concurrency group.
+        cancel_btn.click(explorer.cancel, outputs=status, api_visibility="private", concurrency_id="cancel",
+                         concurrency_limit=None)
+        gr.api(explorer.api_quantize, api_name="quantize", concurrency_id="quantize")
         sample.change(explorer.sample_path, inputs=sample, outputs=audio, api_visibility="private")
         run.click(explorer.transcribe_audio, inputs=[audio, model, sample, run_id], outputs=[fp_text, q_text, details],
                   api_name="transcribe", concurrency_id="cpu")

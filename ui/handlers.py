@@ -6,8 +6,8 @@ and gradio's progress bar is handed to the engine as a plain callback.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -19,19 +19,26 @@ import gradio as gr
 from engine.audio import SAMPLE_RATE, load_audio
 from engine.errors import UserError
 from engine.evaluate import TextScorer
-from engine.experiment import build_calibration, calibration_clips
-from engine.layer_table import LayerSpec, apply_overrides, build_table
+from engine.artifacts import load_quantized
+from engine.diagnostics import LayerRecord
+from engine.history import RunHistory
+from engine.jobs import WorkerPool
+from engine.layer_table import build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
-from engine.quantize import QuantizationResult, quantize
-from engine.samples import SAMPLE_DIR, SampleClip, sample_clips
+from engine.models import available_models
+from engine.paths import data_dir
+from engine.samples import SampleClip, sample_clips
+from engine.size import SizeReport
 from engine.textdiff import word_diff
 from engine.transcribe import transcribe
 from ui import plots
 
 MAX_AUDIO_SECONDS = 10 * 60  # the page transcribes up to ten minutes; the CLI has no limit
-APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
+HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "demo WER %", "RTF",
+                   "run id"]
+
 KEPT_RESULTS = 4  # quantized models kept in memory for the page
 
 
@@ -42,8 +49,14 @@ class Explorer:
     models: ModelCache = field(default_factory=ModelCache)
     samples: dict[str, SampleClip] = field(default_factory=lambda: {c.name: c for c in sample_clips()})
     scorer: TextScorer = field(default_factory=TextScorer)
-    results: OrderedDict = field(default_factory=OrderedDict)  # run id -> QuantizationResult, least recent first
+    pool: WorkerPool = field(default_factory=WorkerPool)  # quantization runs in this worker process
+    history: RunHistory = field(default_factory=RunHistory)
+    artifact_root: Path = field(default_factory=lambda: data_dir() / "results")  # saved results by run id
+    results: OrderedDict = field(default_factory=OrderedDict)  # run id -> (loaded model, summary), LRU
     lock: threading.Lock = field(default_factory=threading.Lock)
+    job_lock: threading.Lock = field(default_factory=threading.Lock)  # one job at a time, in arrival order
+    owner: str | None = None  # the browser session whose job is running
+    waiting: dict = field(default_factory=dict)  # session -> jobs submitted and not finished
 
     # ---------------------------------------------------------------- samples and audio
     def sample_path(self, name: str | None) -> str | None:
@@ -87,80 +100,145 @@ class Explorer:
                 raise gr.Error(f"Layer {row.get('name')}: bits, group size and alpha must be numbers ({exc}).") from exc
         return out
 
-    # ---------------------------------------------------------------- quantize
-    def _quantize(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
-                  overrides: list[dict] | None, progress) -> tuple[str, QuantizationResult]:
-        """Quantize, or reuse the result of the same settings; returns (run id, result)."""
-        loaded = self.models.get(model_name)
+    def _changed_rows(self, model_name: str, bits: int, group_size: int, rows) -> list[dict] | None:
+        """Only the rows the user edited (None when the table is the preset): the run id and history say so."""
+        if rows is None or not len(rows):
+            return None
+        preset = {r.name: r for r in build_table(self.models.get(model_name).model, int(bits), int(group_size))}
+        changed = []
+        for row in self._overrides(rows):
+            base = preset.get(row["name"])
+            if base is None or (base.bits, base.group_size, base.alpha, base.action) != (
+                    row["bits"], row["group_size"], row["alpha"], row["action"]):
+                changed.append(row)
+        return changed or None
+
+    # ---------------------------------------------------------------- quantize (in the worker process)
+    def _request(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
+                 overrides: list[dict] | None) -> dict:
+        entry = get_method(method)
         settings = {"bits": int(bits), "group_size": int(group_size)}
-        if "alpha" in get_method(method).config_cls.setting_names():
+        if "alpha" in entry.config_cls.setting_names():
             settings["alpha"] = float(alpha)
-        config = make_config(method, **settings)
-        table: list[LayerSpec] | None = None
-        if overrides:
-            table = apply_overrides(build_table(loaded.model, config.bits, config.group_size), overrides)
-        run_id = self._run_id(model_name, config, table, int(seed))
+        make_config(method, **settings)  # a bad setting fails here, in one sentence, before any work
+        if model_name not in {m["name"] for m in available_models() if m["installed"]}:
+            raise UserError(f"Model {model_name!r} is not available here.")
+        return {"model": model_name, "method": method, "settings": settings, "seed": int(seed),
+                "overrides": overrides, "artifact_root": str(self.artifact_root)}
+
+    def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
+        """Run (or reuse) a quantization in the worker; load the saved result for transcription."""
         with self.lock:
-            cached = self.results.get(run_id)
-        if cached is None:
-            calibration = None
-            if get_method(method).needs_calibration:
-                progress(0.0, "preparing calibration audio")
-                calibration = build_calibration(loaded, calibration_clips(SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(seed)))
-            cached = quantize(loaded, config, calibration, layers=table, progress=progress)
+            self.waiting[session] = self.waiting.get(session, 0) + 1
+        try:
+            with self.job_lock:
+                self.owner = session
+                try:
+                    summary = self.pool.run("quantize", request, progress)
+                finally:
+                    self.owner = None
+        finally:
             with self.lock:
-                self.results[run_id] = cached
-                while len(self.results) > KEPT_RESULTS:
-                    self.results.popitem(last=False)
-        return run_id, cached
+                self.waiting[session] -= 1
+        loaded, _ = load_quantized(summary["artifact"])
+        with self.lock:
+            self.results[summary["run_id"]] = (loaded, summary)
+            self.results.move_to_end(summary["run_id"])
+            while len(self.results) > KEPT_RESULTS:
+                self.results.popitem(last=False)
+        self.history.add(summary, session)
+        return summary["run_id"], summary
 
     def quantize_model(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
-                       rows=None, progress=gr.Progress()):
-        """The Quantize button: returns run id, status, and the three figures."""
+                       rows=None, request: gr.Request = None, progress=gr.Progress()):
+        """The Quantize button: run id, status, the three figures, the latency gauge, history and Pareto."""
+        session = getattr(request, "session_hash", None)
         try:
-            overrides = self._overrides(rows) if rows is not None and len(rows) else None
-            run_id, result = self._quantize(model_name, method, bits, group_size, alpha, seed, overrides,
-                                             lambda f, msg: progress(f, desc=msg))
+            overrides = self._changed_rows(model_name, bits, group_size, rows)
+            job = self._request(model_name, method, bits, group_size, alpha, seed, overrides)
+            progress(0.0, desc="waiting for the worker" if self.pool.busy else "starting")
+            run_id, summary = self._run_quantize(job, session, lambda f, msg: progress(f, desc=msg))
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
+        records = [LayerRecord(**r) for r in summary["layer_records"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
-        return (run_id, self._status(result), plots.error_propagation(result.layer_records, title),
-                plots.alpha_and_bits(result.layer_records), plots.size_gauge(result.size))
+        return (run_id, self._status(summary), plots.error_propagation(records, title), plots.alpha_and_bits(records),
+                plots.size_gauge(self._size(summary)),
+                plots.latency_gauge(summary["demo_rtf"], summary["demo_rtf_fp32"], summary["fake_quant"]),
+                *self.history_view())
+
+    def cancel(self, request: gr.Request = None) -> str:
+        """The Cancel button: stops this browser session's running job (never another user's)."""
+        session = getattr(request, "session_hash", None)
+        if self.owner is not None and self.owner == session and self.pool.cancel():
+            return "Cancelling: the worker process is stopped and the next job starts a fresh one."
+        return "Nothing of yours is running."
+
+    def history_view(self) -> tuple[list[list], object]:
+        runs = self.history.runs(limit=200)
+        rows = [[time.strftime("%H:%M:%S", time.localtime(r["finished"])), r["model"], r["method"], r["bits"],
+                 r["group_size"], r["layers_key"] or "preset", r["seed"], round(r["size_bytes"] / 1e6, 2),
+                 None if r["demo_wer"] is None else round(100 * r["demo_wer"], 1), round(r["demo_rtf"] or 0, 3),
+                 r["run_id"]] for r in runs]
+        return rows, plots.pareto(runs)
 
     def api_quantize(self, model: str = "tiny.en", method: str = "fade", bits: int = 4, group_size: int = 64,
-                     alpha: float = 0.5, seed: int = 0, layers_json: str = "") -> dict:
+                     alpha: float = 0.5, seed: int = 0, layers_json: str = "", request: gr.Request = None) -> dict:
         """Quantize a model; pass the returned run_id to /transcribe. layers_json: optional list of
         {"name", "bits", "group_size", "alpha", "action"} rows overriding single layers."""
         try:
             overrides = json.loads(layers_json) if layers_json.strip() else None
-            run_id, result = self._quantize(model, method, bits, group_size, alpha, seed, overrides, lambda f, m: None)
+            job = self._request(model, method, bits, group_size, alpha, seed, overrides)
+            run_id, summary = self._run_quantize(job, getattr(request, "session_hash", None), lambda f, m: None)
         except json.JSONDecodeError as exc:
             raise gr.Error(f"layers_json is not valid JSON ({exc}).") from exc
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
-        return {"run_id": run_id, "status": self._status(result), "size_bytes": result.size.size_bytes,
-                "fp32_size_bytes": result.size.fp32_size_bytes, "seconds": result.seconds,
-                "per_layer": [r.to_dict() for r in result.layer_records]}
+        return {"run_id": run_id, "status": self._status(summary), "size_bytes": summary["size"]["size_bytes"],
+                "fp32_size_bytes": summary["size"]["fp32_size_bytes"], "seconds": summary["seconds"],
+                "demo_wer": summary["demo_wer"], "per_layer": summary["layer_records"]}
 
     @staticmethod
-    def _run_id(model_name: str, config, table, seed: int) -> str:
-        key = json.dumps({"model": model_name, "config": config.to_dict(), "seed": seed,
-                          "table": None if table is None else [vars(r) for r in table]}, sort_keys=True)
-        return hashlib.sha256(key.encode()).hexdigest()[:12]
+    def _size(summary: dict) -> SizeReport:
+        return SizeReport(**{k: summary["size"][k] for k in
+                             ("size_bytes", "fp32_size_bytes", "fp16_size_bytes", "quantized_weight_bytes")})
 
-    @staticmethod
-    def _status(result: QuantizationResult) -> str:
-        c = result.config
-        calib = f", {result.calibration['n_clips']} calibration clips" if result.calibration else ""
-        size = result.size
+    def _demo_count(self) -> int:
+        return sum(c.group == "demo" for c in self.samples.values())
+
+    def _status(self, summary: dict) -> str:
+        c = summary["config"]
+        calib = f", {summary['calibration_clips']} calibration clips" if summary["calibration_clips"] else ""
+        size = self._size(summary)
         rest = size.size_bytes - size.quantized_weight_bytes
-        return (f"**{c.method} {c.bits}-bit** (group {c.group_size}) in {result.seconds:.1f} s{calib}: "
+        return (f"**{c['method']} {c['bits']}-bit** (group {c['group_size']}) in {summary['seconds']:.1f} s{calib}: "
                 f"{size.size_bytes / 1e6:.1f} MB, {size.compression_vs_fp32:.2f}x smaller than fp32 "
                 f"(quantized layers {size.quantized_weight_bytes / 1e6:.1f} MB; embeddings, convolutions, norms and "
-                f"kept layers at fp16 {rest / 1e6:.1f} MB). Weights are dequantized for this demo "
-                f"(*fake quant*): same speed as fp32.")
+                f"kept layers at fp16 {rest / 1e6:.1f} MB). WER on the {self._demo_count()} demo clips: "
+                f"**{100 * summary['demo_wer']:.1f}%** (full precision {100 * summary['demo_wer_fp32']:.1f}%). "
+                f"Weights are dequantized for this demo (*fake quant*): same speed as fp32.")
 
     # ---------------------------------------------------------------- transcribe
+    def _quantized_model(self, run_id: str | None):
+        """The loaded quantized model of a run: from memory, else from its saved artifact."""
+        if not run_id:
+            return None
+        with self.lock:
+            if run_id in self.results:
+                self.results.move_to_end(run_id)
+                return self.results[run_id][0]
+        if not re.fullmatch(r"[0-9a-f]{12}", run_id):
+            raise UserError("That is not a quantized model id from this page.")
+        folder = self.artifact_root / run_id
+        if not folder.is_dir():
+            raise UserError("That quantized model is not here (any more); press Quantize again.")
+        loaded, meta = load_quantized(folder)
+        with self.lock:
+            self.results[run_id] = (loaded, meta.get("app_summary", {}))
+            while len(self.results) > KEPT_RESULTS:
+                self.results.popitem(last=False)
+        return loaded
+
     def transcribe_audio(self, audio_path: str | None, model_name: str, sample_name: str | None = None,
                          run_id: str | None = None):
         """Full-precision and (if a run id is given) quantized transcripts side by side.
@@ -173,14 +251,11 @@ class Explorer:
             start = time.perf_counter()
             fp_text = transcribe(loaded, [audio])[0]
             fp_seconds = time.perf_counter() - start
-            with self.lock:
-                result = self.results.get(run_id or "")
-            if run_id and result is None:
-                raise UserError("That quantized model is no longer in memory; press Quantize again.")
+            result = self._quantized_model(run_id)
             q_text, q_seconds = None, None
             if result is not None:
                 start = time.perf_counter()
-                q_text = transcribe(result.loaded, [audio])[0]
+                q_text = transcribe(result, [audio])[0]
                 q_seconds = time.perf_counter() - start
         except UserError as exc:
             raise gr.Error(str(exc)) from exc

@@ -61,3 +61,53 @@ def size_gauge(size: SizeReport) -> go.Figure:
     ))
     fig.update_layout(height=HEIGHT - 40, margin=dict(l=30, r=30, t=70, b=10))
     return fig
+
+
+def latency_gauge(rtf: float, rtf_fp32: float, fake_quant: bool) -> go.Figure:
+    """Real-time factor of the quantized model on the demo clips against full precision."""
+    speedup = rtf_fp32 / rtf if rtf > 0 else 0.0
+    label = "fake quant: weights are dequantized floats, so no low-bit speed-up" if fake_quant else "real kernels"
+    fig = go.Figure(go.Indicator(
+        mode="gauge+number", value=rtf, number={"valueformat": ".3f"},
+        title={"text": f"Real-time factor (lower is faster)<br><span style='font-size:0.8em'>{speedup:.2f}x the speed "
+                       f"of fp32 ({rtf_fp32:.3f}); {label}</span>"},
+        gauge={"axis": {"range": [0, max(rtf, rtf_fp32) * 1.5]},
+               "threshold": {"line": {"color": "black", "width": 3}, "value": rtf_fp32}},
+    ))
+    fig.update_layout(height=HEIGHT - 40, margin=dict(l=30, r=30, t=90, b=10))
+    return fig
+
+
+def _grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs that differ only in the calibration seed form one point (mean, with the seeds' spread)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["model"], r["method"], r["bits"], r["group_size"], r.get("layers_key", "")), []).append(r)
+    return groups
+
+
+def pareto(runs: list[dict]) -> go.Figure:
+    """Size vs WER and latency vs WER of every finished run (demo clips), seeds as error bars."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Size vs WER", "Latency vs WER"), horizontal_spacing=0.12)
+    for (model, method, bits, group, layers), rs in sorted(_grouped(runs).items(), key=lambda kv: str(kv[0])):
+        wers = [100 * r["demo_wer"] for r in rs]
+        mean = sum(wers) / len(wers)
+        std = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0.0
+        name = f"{model} {method} {bits}b g{group}{' ' + layers if layers else ''} ({len(rs)} seed{'s' * (len(rs) > 1)})"
+        size = sum(r["size_bytes"] for r in rs) / len(rs) / 1e6
+        rtf = sum(r["demo_rtf"] for r in rs) / len(rs)
+        common = dict(mode="markers", name=name, error_y=dict(type="data", array=[std], visible=True),
+                      marker=dict(size=11), legendgroup=name)
+        fig.add_trace(go.Scatter(x=[size], y=[mean], **common), row=1, col=1)
+        fig.add_trace(go.Scatter(x=[rtf], y=[mean], showlegend=False, **common), row=1, col=2)
+    if runs:
+        fp32 = runs[0]
+        fig.add_trace(go.Scatter(x=[fp32["fp32_size_bytes"] / 1e6], y=[100 * fp32["demo_wer_fp32"]], mode="markers",
+                                 name="fp32", marker=dict(symbol="star", size=14, color="black")), row=1, col=1)
+    fig.update_xaxes(title_text="size (MB)", row=1, col=1)
+    fig.update_xaxes(title_text="real-time factor (fake quant unless noted)", row=1, col=2)
+    fig.update_yaxes(title_text="WER on the demo clips (%)", row=1, col=1)
+    fig.update_layout(height=HEIGHT + 60, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -2,7 +2,9 @@
 
 A per-layer quantizer takes the full-precision weight, the layer's calibration moments (None for methods
 that need no calibration and were given none), its table row and the method config, and returns a
-LayerOutcome. Implementations register themselves with @register in their own modules.
+LayerOutcome. A method may also register a ``finalize`` step that runs once on the whole quantized model
+(W8A8 attaches its activation quantizers there). Implementations register themselves with @register in
+their own modules.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.codebook import CodebookTensor
 from engine.config import QuantConfig
 from engine.errors import UserError
 from engine.formats import QuantizedTensor
@@ -19,16 +22,21 @@ from engine.layer_table import LayerSpec
 from engine.methods.moments import LayerStats
 
 
+QuantizedWeight = QuantizedTensor | CodebookTensor
+
+
 @dataclass(frozen=True)
 class LayerOutcome:
-    quantized: QuantizedTensor
+    quantized: QuantizedWeight
     target: torch.Tensor  # the weight the rounding aimed at: W, or W* after QEP correction
     alpha: float | None = None  # propagation strength used (QEP/FADE)
-    uncorrected: QuantizedTensor | None = None  # the same rounding without correction, for diagnostics
+    uncorrected: QuantizedWeight | None = None  # the same rounding without correction, for diagnostics
     notes: dict | None = None  # method-specific per-layer scores (e.g. FADE's vulnerability, reliability)
 
 
 LayerQuantizer = Callable[[torch.Tensor, LayerStats | None, LayerSpec, QuantConfig], LayerOutcome]
+# finalize(model, config, calibration, loaded) -> settings to store with the result (and reapply on load)
+Finalizer = Callable[..., dict]
 
 
 @dataclass(frozen=True)
@@ -36,16 +44,28 @@ class MethodEntry:
     name: str
     config_cls: type[QuantConfig]
     quantize_layer: LayerQuantizer
-    needs_calibration: bool
+    calibration: bool | Callable[[QuantConfig], bool]  # a config-dependent answer for methods with modes
     summary: str
+    finalize: Finalizer | None = None
+    needs_moments: bool = True  # per-layer moments from the two-stream pass (False: calibration used elsewhere)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the method can need calibration audio at all (with its default settings)."""
+        return self.uses_calibration(self.config_cls())
+
+    def uses_calibration(self, config: QuantConfig) -> bool:
+        return self.calibration(config) if callable(self.calibration) else self.calibration
 
 
 METHODS: dict[str, MethodEntry] = {}
 
 
-def register(config_cls: type[QuantConfig], needs_calibration: bool, summary: str):
+def register(config_cls: type[QuantConfig], needs_calibration: bool | Callable[[QuantConfig], bool], summary: str,
+             finalize: Finalizer | None = None, needs_moments: bool = True):
     def decorator(fn: LayerQuantizer) -> LayerQuantizer:
-        METHODS[config_cls.method] = MethodEntry(config_cls.method, config_cls, fn, needs_calibration, summary)
+        METHODS[config_cls.method] = MethodEntry(config_cls.method, config_cls, fn, needs_calibration, summary,
+                                                 finalize, needs_moments)
         return fn
 
     return decorator
@@ -67,4 +87,4 @@ def make_config(name: str, **settings) -> QuantConfig:
 
 
 # Importing the implementations registers them.
-from engine.methods import fade, rtn_gptq_qep  # noqa: E402,F401
+from engine.methods import fade, gq, nf4, rtn_gptq_qep, w8a8  # noqa: E402,F401

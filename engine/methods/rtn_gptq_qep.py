@@ -6,7 +6,7 @@ import torch
 
 from engine.config import GPTQConfig, QEPConfig, QuantConfig, RTNConfig
 from engine.formats import IntFormat, QuantizedTensor, rtn_quantize
-from engine.layer_table import LayerSpec
+from engine.layer_table import LayerSpec, LayerTableError
 from engine.methods import LayerOutcome, register
 from engine.methods.gptq import gptq_quantize
 from engine.methods.moments import LayerStats, Moments
@@ -14,6 +14,8 @@ from engine.methods.qep import qep_correct
 
 
 def layer_format(spec: LayerSpec, config: QuantConfig) -> IntFormat:
+    if spec.bits < 2:
+        raise LayerTableError(f"layer {spec.name}: integer grids need 2 bits at least; {spec.bits}-bit layers need gq.")
     return IntFormat(spec.bits, spec.group_size, config.symmetric)
 
 

@@ -1,0 +1,87 @@
+"""Run history in SQLite: every finished quantization is one row (what the page's history and Pareto plots show).
+
+Each write is one short transaction, so a crash or a cancelled job leaves either the whole row or nothing;
+WAL journaling lets several processes read while one writes, and a busy timeout makes concurrent writers
+wait instead of failing. The run id is the primary key: the same settings finished twice stay one row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+from engine.paths import data_dir
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    finished REAL NOT NULL,
+    session TEXT,
+    model TEXT NOT NULL,
+    method TEXT NOT NULL,
+    bits INTEGER NOT NULL,
+    group_size INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    layers_key TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    fp32_size_bytes INTEGER NOT NULL,
+    demo_wer REAL,
+    demo_wer_fp32 REAL,
+    demo_rtf REAL,
+    seconds REAL,
+    summary TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+COLUMNS = ("run_id", "finished", "session", "model", "method", "bits", "group_size", "seed", "layers_key", "size_bytes",
+           "fp32_size_bytes", "demo_wer", "demo_wer_fp32", "demo_rtf", "seconds")
+
+
+def default_history_path() -> Path:
+    return data_dir() / "history.sqlite"
+
+
+class RunHistory:
+    """The runs table at ``path`` (created on first use)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_history_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def add(self, summary: dict, session: str | None = None) -> None:
+        """Record a finished run (a summary from the quantize task); the same run id is written once."""
+        row = (summary["run_id"], time.time(), session, summary["model"], summary["method"], summary["bits"],
+               summary["group_size"], summary["seed"], summary.get("layers_key", ""), summary["size"]["size_bytes"],
+               summary["size"]["fp32_size_bytes"], summary.get("demo_wer"), summary.get("demo_wer_fp32"),
+               summary.get("demo_rtf"), summary.get("seconds"), json.dumps(summary))
+        with closing(self._connect()) as db, db:
+            db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}, summary) VALUES "
+                       f"({', '.join('?' * (len(COLUMNS) + 1))})", row)
+
+    def runs(self, limit: int = 500) -> list[dict]:
+        """Most recent first, without the full summaries."""
+        with closing(self._connect()) as db:
+            cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY finished DESC LIMIT ?", (limit,))
+            return [dict(zip(COLUMNS, values)) for values in cursor.fetchall()]
+
+    def summary(self, run_id: str) -> dict | None:
+        with closing(self._connect()) as db:
+            found = db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(found[0]) if found else None
+
+    def count(self) -> int:
+        with closing(self._connect()) as db:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

@@ -1,0 +1,87 @@
+"""General Quantizer (Zhen et al., SLT 2022), our reconstruction: learned mu-law centroids, soft-to-hard.
+
+The paper's mu, parameterization and schedule are not published; ours (engine/config.py GQConfig):
+  1. Normalize: every block of group_size weights is divided by its absmax (float16 scale per block),
+     x = w / s in [-1, 1].
+  2. Centroids: K = 2^bits levels, initialised evenly in mu-law companded space,
+         u_k = -1 + 2k / (K - 1),  c_k = sign(u_k) ((1 + mu)^|u_k| - 1) / mu     (mu = 8 by default),
+     shared by the whole layer and trainable (the "self-adjustable centroids").
+  3. Soft assignment: p_ik = softmax_k(-(x_i - c_k)^2 / tau), soft weight w~_i = s * sum_k p_ik c_k.
+     tau anneals geometrically from tau_start * delta^2 to tau_end * delta^2 (delta = 2 / (K - 1), the
+     initial mean level spacing), so the assignment ends near-hard; no regularizer. Adam on the centroids,
+     each step on a random subset of the layer's output rows (rows_per_step).
+  4. Loss, label-free: distillation of the layer's full-precision output from the quantized model's inputs,
+     ||W X - W~ X^||^2 / ||W X||^2, exact from the calibration moments of the two-stream pass (the same
+     pass as GPTQ/QEP), so training costs milliseconds per step instead of backpropagating the model.
+  5. Hard codes: each weight snaps to its nearest trained centroid; the layer ships codes, scales and the
+     K centroids (float16).
+Above 6 bits (K > 64) the soft assignment's memory (weights x K) is not worth it: codes snap to the
+initial centroids without training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.codebook import block_view, codebook_quantize
+from engine.config import GQConfig
+from engine.layer_table import LayerSpec
+from engine.methods import LayerOutcome, register
+from engine.methods.moments import LayerStats, Moments
+
+MAX_TRAINED_LEVELS = 64
+
+
+def mu_law_levels(n_levels: int, mu: float) -> torch.Tensor:
+    """(n_levels,) centroids evenly spaced in mu-law companded space of [-1, 1], ascending."""
+    u = torch.linspace(-1.0, 1.0, n_levels, dtype=torch.float64)
+    return (torch.sign(u) * ((1 + mu) ** u.abs() - 1) / mu).float()
+
+
+def soft_quantize(x: torch.Tensor, levels: torch.Tensor, tau: float) -> torch.Tensor:
+    """x: (...,) normalized weights, levels: (K,) -> (...,) the softmax-weighted mix of centroids."""
+    logits = -((x[..., None] - levels) ** 2) / tau
+    return torch.softmax(logits, dim=-1) @ levels
+
+
+def train_levels(w: torch.Tensor, m: Moments, n_levels: int, block_size: int, config: GQConfig) -> torch.Tensor:
+    """Trained centroids (n_levels,) in normalized space for weight w: (out, in), ascending."""
+    levels0 = mu_law_levels(n_levels, config.mu)
+    if n_levels > MAX_TRAINED_LEVELS or config.steps == 0:
+        return levels0
+    # The pass runs under inference mode; training needs ordinary tensors with autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        w = w.detach().clone().float()
+        out_features = w.shape[0]
+        hq = m.hq.detach().clone().float()
+        # The loss is ref - 2 tr(W C Q^T) + tr(Q H^ Q^T) over ref, a sum over output rows: each step uses a
+        # random subset of rows (the K centroids are shared, so a few hundred rows estimate the gradient well).
+        ref_rows = (w @ m.hx.float() * w).sum(dim=1)
+        w_cross = w @ m.cross.float()
+        blocks = block_view(w, block_size)
+        scales = blocks.abs().amax(dim=1, keepdim=True).clamp_min(1e-12).half().float()
+        x = (blocks / scales).reshape(out_features, -1, blocks.shape[1])
+        scales = scales.reshape(out_features, -1, 1)
+        levels = levels0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([levels], lr=config.lr)
+        spacing2 = (2.0 / (n_levels - 1)) ** 2
+        decay = (config.tau_end / config.tau_start) ** (1.0 / max(config.steps - 1, 1))
+        generator = torch.Generator().manual_seed(0)
+        n_rows = min(config.rows_per_step, out_features)
+        for step in range(config.steps):
+            rows = torch.randperm(out_features, generator=generator)[:n_rows]
+            tau = config.tau_start * spacing2 * decay**step
+            q = (soft_quantize(x[rows], levels, tau) * scales[rows]).reshape(n_rows, -1)
+            loss = (ref_rows[rows].sum() - 2 * (w_cross[rows] * q).sum() + (q @ hq * q).sum()) / ref_rows[rows].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return torch.sort(levels.detach())[0]
+
+
+@register(GQConfig, needs_calibration=True, summary="learned mu-law centroids per layer, soft-to-hard (label-free)")
+def quantize_gq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GQConfig) -> LayerOutcome:
+    levels = train_levels(w, stats.moments(), 2**spec.bits, spec.group_size, config)
+    quantized = codebook_quantize(w, levels, spec.bits, spec.group_size, scale_dtype="float16", levels_stored=True)
+    notes = {"levels_initial": mu_law_levels(2**spec.bits, config.mu).tolist()[:16], "levels": quantized.levels.tolist()[:16]}
+    return LayerOutcome(quantized, w, notes=notes)

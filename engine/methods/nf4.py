@@ -1,0 +1,18 @@
+"""NF4: blockwise NormalFloat-4 (QLoRA), the frozen base of PQM personalisation. No calibration."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.codebook import nf4_quantize
+from engine.config import NF4Config
+from engine.layer_table import LayerSpec, LayerTableError
+from engine.methods import LayerOutcome, register
+from engine.methods.moments import LayerStats
+
+
+@register(NF4Config, needs_calibration=False, summary="blockwise NormalFloat-4 (QLoRA), optional double quantization")
+def quantize_nf4(w: torch.Tensor, stats: LayerStats | None, spec: LayerSpec, config: NF4Config) -> LayerOutcome:
+    if spec.bits != 4:
+        raise LayerTableError(f"layer {spec.name}: nf4 is a 4-bit format; set its bits to 4 or its action to keep.")
+    return LayerOutcome(nf4_quantize(w, spec.group_size, config.double_quant), w)

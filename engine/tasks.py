@@ -1,0 +1,94 @@
+"""The tasks the worker process runs for the web app (see engine/jobs.py). Each returns plain JSON data.
+
+quantize: quantize with the page's settings (calibration from sample_audio drawn by seed), save the result
+as an artifact folder named by its run id, score it on the demo clips, and describe it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from engine.artifacts import ArtifactError, read_metadata, save_quantized
+from engine.evaluate import Utterance, evaluate
+from engine.experiment import build_calibration, calibration_clips
+from engine.jobs import ProgressFn, task
+from engine.layer_table import apply_overrides, build_table
+from engine.methods import get_method, make_config
+from engine.model_cache import ModelCache
+from engine.quantize import quantize
+from engine.samples import SAMPLE_DIR, sample_clips
+
+APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
+
+
+def run_id_of(request: dict) -> str:
+    """A stable id for the same model, method settings, layer overrides and seed."""
+    key = json.dumps({k: request.get(k) for k in ("model", "method", "settings", "overrides", "seed")}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def layers_key(overrides: list[dict] | None) -> str:
+    """'' for the preset table, else a short name for the edited rows (runs differing only by seed share it)."""
+    if not overrides:
+        return ""
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{len(overrides)} edited rows #{digest}"
+
+
+def demo_utterances() -> list[Utterance]:
+    return [Utterance(c.name, c.path, c.transcript) for c in sample_clips() if c.group == "demo"]
+
+
+def _models(context: dict) -> ModelCache:
+    return context.setdefault("models", ModelCache(capacity=2))
+
+
+def _fp32_demo(context: dict, model: str):
+    """The full-precision model's report on the demo clips (computed once per worker)."""
+    cache = context.setdefault("fp32_demo", {})
+    if model not in cache:
+        cache[model] = evaluate(_models(context).get(model), demo_utterances())
+    return cache[model]
+
+
+@task("quantize")
+def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
+    """request: model, method, settings (method config fields), seed, overrides (list or None), artifact_root."""
+    run_id = run_id_of(request)
+    folder = Path(request["artifact_root"]) / run_id
+    if folder.is_dir():
+        try:
+            return read_metadata(folder)["app_summary"]
+        except (ArtifactError, KeyError):
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)  # damaged or foreign: rebuild it
+    loaded = _models(context).get(request["model"])
+    config = make_config(request["method"], **request.get("settings", {}))
+    table = None
+    if request.get("overrides"):
+        table = apply_overrides(build_table(loaded.model, config.bits, config.group_size), request["overrides"])
+    calibration = None
+    if get_method(config.method).uses_calibration(config):
+        progress(0.0, "preparing calibration audio")
+        clips = calibration_clips(SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(request.get("seed", 0)))
+        calibration = build_calibration(loaded, clips)
+    result = quantize(loaded, config, calibration, layers=table, progress=lambda f, m: progress(0.9 * f, m))
+    progress(0.92, "scoring on the demo clips")
+    report = evaluate(result.loaded, demo_utterances())
+    fp32 = _fp32_demo(context, request["model"])
+    summary = {
+        "run_id": run_id, "artifact": str(folder), "model": request["model"], "method": config.method,
+        "bits": config.bits, "group_size": config.group_size, "seed": int(request.get("seed", 0)),
+        "config": config.to_dict(), "overrides": request.get("overrides"),
+        "layers_key": layers_key(request.get("overrides")),
+        "calibration_clips": calibration.n_clips if calibration is not None else 0,
+        "size": result.size.to_dict(), "seconds": result.seconds, "fake_quant": result.fake_quant,
+        "demo_wer": report.wer, "demo_wer_fp32": fp32.wer, "demo_rtf": report.rtf, "demo_rtf_fp32": fp32.rtf,
+        "layer_records": [r.to_dict() for r in result.layer_records],
+    }
+    progress(0.97, "saving the quantized model")
+    save_quantized(result, folder, extra={"app_summary": summary})
+    return summary

@@ -1,0 +1,66 @@
+"""PQM personalisation on the real tiny.en (NF4 base) and real clips of one LibriSpeech speaker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.audio import load_audio
+from engine.config import NF4Config
+from engine.evaluate import load_dataset
+from engine.personalize import (LoRASettings, PersonalizeError, adapted, list_speakers, load_adapter, personalize,
+                                save_adapter)
+from engine.quantize import quantize
+from engine.transcribe import transcribe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def nf4_base(tiny):
+    return quantize(tiny, NF4Config()).loaded
+
+
+@pytest.fixture(scope="module")
+def speaker_clips(test_other):
+    clips = [u for u in load_dataset(test_other) if u.id.startswith("1998-")]
+    return [load_audio(u.path) for u in clips], [u.reference for u in clips]
+
+
+@pytest.fixture(scope="module")
+def adapter(nf4_base, speaker_clips):
+    audios, texts = speaker_clips
+    return personalize(nf4_base, "reader-1998", audios[:3], texts[:3], LoRASettings(rank=4, epochs=3, batch_size=3))
+
+
+def test_lora_adds_the_expected_parameters_and_leaves_the_base_frozen(nf4_base, adapter):
+    # rank r on every block linear: encoder 4 x (4 x 768 + 2 x 1920) r, decoder 4 x (8 x 768 + 2 x 1920) r
+    assert adapter.trainable_parameters == 67584 * 4
+    assert 0.005 < adapter.extra_fraction < 0.015
+    trainable = {n for n, p in adapter.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    merged = adapted(nf4_base, adapter)
+    w_base = nf4_base.model.model.encoder.layers[0].fc1.weight
+    assert not torch.equal(merged.model.model.encoder.layers[0].fc1.weight, w_base)  # the adapter changed it
+    assert float(nf4_base.model.model.encoder.layers[0].fc1.weight.sum()) == float(w_base.sum())  # base untouched
+    assert adapter.losses[-1] < adapter.losses[0]
+
+
+def test_saved_adapter_reloads_per_speaker_with_identical_transcripts(nf4_base, adapter, speaker_clips, tmp_path):
+    audios, _ = speaker_clips
+    folder = save_adapter(adapter, tmp_path)
+    assert (folder / "adapter_model.safetensors").is_file() and list_speakers(tmp_path) == ["reader-1998"]
+    reloaded, meta = load_adapter(nf4_base, "reader-1998", tmp_path)
+    assert meta["trainable_parameters"] == adapter.trainable_parameters
+    assert transcribe(reloaded, audios[6:8]) == transcribe(adapted(nf4_base, adapter), audios[6:8])
+    with pytest.raises(PersonalizeError, match="trained on"):
+        load_adapter(nf4_base, "reader-1998", tmp_path, base_info={"name": "another base"})
+    with pytest.raises(PersonalizeError, match="No readable adapter"):
+        load_adapter(nf4_base, "nobody", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../etc", "", "a/b", "x" * 80])
+def test_speaker_names_that_are_not_safe_folder_names_are_refused(nf4_base, speaker_clips, name):
+    audios, texts = speaker_clips
+    with pytest.raises(PersonalizeError, match="Speaker name"):
+        personalize(nf4_base, name, audios[:1], texts[:1])

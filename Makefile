@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: run test test-fast bench sample-audio clean
 
 $(STAMP): pyproject.toml
@@ -17,7 +20,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) app.py
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium (Playwright from PyPI, no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -184,7 +184,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--damping", type=float, help="GPTQ damping (fraction of mean diag H)")
     g.add_argument("--qep-damping", type=float)
     g.add_argument("--block-size", type=int)
-    g.add_argument("--act-order", action="store_true", default=None)
+    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ column order (default: on at 3 bits and fewer)")
     g.add_argument("--base", choices=("gptq", "rtn"), help="rounding after the QEP correction")
     g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None, help="nf4: int8 block scales")
     g.add_argument("--mu", type=float, help="gq: mu-law companding of the initial centroids")

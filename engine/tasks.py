@@ -92,3 +92,38 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     progress(0.97, "saving the quantized model")
     save_quantized(result, folder, extra={"app_summary": summary})
     return summary
+
+
+@task("personalize")
+def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
+    """request: model, speaker, audio (paths), texts, n_train, adapters_root. Trains LoRA on the NF4 model
+    with the first n_train recordings, scores fp32 / NF4 / NF4+LoRA on the rest, saves the adapter."""
+    from engine.audio import load_audio
+    from engine.config import NF4Config
+    from engine.evaluate import TextScorer
+    from engine.personalize import PersonalizeError, adapted, check_speaker, personalize, save_adapter
+    from engine.transcribe import transcribe
+
+    speaker = check_speaker(request["speaker"])
+    paths, texts, n_train = request["audio"], request["texts"], int(request["n_train"])
+    if len(paths) != len(texts) or not 0 < n_train < len(paths):
+        raise PersonalizeError(f"Record at least {n_train + 1} prompts: {n_train} to learn from and one to test on.")
+    audios = [load_audio(p) for p in paths]
+    fp32 = _models(context).get(request["model"])
+    progress(0.02, "quantizing to NF4")
+    base = quantize(fp32, NF4Config()).loaded
+    base_info = {"name": request["model"], "quant_config": NF4Config().to_dict()}
+    adapter = personalize(base, speaker, audios[:n_train], texts[:n_train], base_info=base_info,
+                          progress=lambda f, m: progress(0.05 + 0.8 * f, m))
+    adapter.clips = [f"prompt {i + 1}" for i in range(n_train)]
+    folder = save_adapter(adapter, request.get("adapters_root"))
+    progress(0.9, "comparing before and after on the held-out prompts")
+    test_audio, refs, scorer = audios[n_train:], texts[n_train:], TextScorer()
+    out = {"speaker": speaker, "adapter": str(folder), "train_clips": n_train, "test_clips": len(refs),
+           "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
+           "train_seconds": adapter.seconds, "losses": adapter.losses, "wer": {}, "transcripts": {}}
+    for name, model in (("fp32", fp32), ("nf4", base), ("nf4+lora", adapted(base, adapter))):
+        hyps = transcribe(model, test_audio)
+        out["wer"][name] = scorer.score(refs, hyps)[0]
+        out["transcripts"][name] = hyps
+    return out

@@ -67,6 +67,16 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
             q_text = gr.HighlightedText(label="Quantized (changed words highlighted)", elem_id="q-text",
                                         color_map={"changed": "orange", "extra": "red", "missing": "gray"})
         details = gr.Markdown(elem_id="details")
+        gr.Markdown("## Personalise (PQM): teach the 4-bit model your voice")
+        gr.Markdown("Read the sentences aloud (or upload recordings), then train: a small LoRA adapter (about 1% "
+                    "extra parameters) learns your voice on top of the frozen NF4 model. Most recordings train it, "
+                    "the last third test it.")
+        speaker = gr.Textbox("my-voice", label="Adapter name", elem_id="speaker", max_lines=1)
+        prompt_audio = [gr.Audio(sources=["microphone", "upload"], type="filepath", elem_id=f"prompt-{i}",
+                                 label=f"{i + 1}. Read aloud: \u201c{text}\u201d")
+                        for i, text in enumerate(explorer.prompts())]
+        train_btn = gr.Button("Train my adapter", variant="primary", elem_id="personalize")
+        personal_result = gr.Markdown(elem_id="personal-result")
         with gr.Accordion("How the methods work", open=False):
             gr.Markdown(_method_notes())
 
@@ -82,6 +92,8 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         cancel_btn.click(explorer.cancel, outputs=status, api_visibility="private", concurrency_id="cancel",
                          concurrency_limit=None)
         gr.api(explorer.api_quantize, api_name="quantize", concurrency_id="quantize")
+        train_btn.click(explorer.personalize, inputs=[model, speaker, *prompt_audio], outputs=personal_result,
+                        api_visibility="private", concurrency_id="quantize")
         sample.change(explorer.sample_path, inputs=sample, outputs=audio, api_visibility="private")
         run.click(explorer.transcribe_audio, inputs=[audio, model, sample, run_id], outputs=[fp_text, q_text, details],
                   api_name="transcribe", concurrency_id="cpu")

@@ -35,6 +35,7 @@ from engine.transcribe import transcribe
 from ui import plots
 
 MAX_AUDIO_SECONDS = 10 * 60  # the page transcribes up to ten minutes; the CLI has no limit
+PROMPTS = 6  # sentences offered for personalisation
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
 HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "demo WER %", "RTF",
                    "run id"]
@@ -217,6 +218,46 @@ class Explorer:
                 f"kept layers at fp16 {rest / 1e6:.1f} MB). WER on the {self._demo_count()} demo clips: "
                 f"**{100 * summary['demo_wer']:.1f}%** (full precision {100 * summary['demo_wer_fp32']:.1f}%). "
                 f"Weights are dequantized for this demo (*fake quant*): same speed as fp32.")
+
+    # ---------------------------------------------------------------- personalise (PQM)
+    def prompts(self) -> list[str]:
+        """Sentences to read aloud: the sample set's calibration sentences (varied, ~5-10 s each)."""
+        texts = dict.fromkeys(c.transcript for c in self.samples.values() if c.group != "demo")  # variants share text
+        return list(texts)[:PROMPTS]
+
+    def personalize(self, model_name: str, speaker: str, rec1=None, rec2=None, rec3=None, rec4=None, rec5=None,
+                    rec6=None, request: gr.Request = None, progress=gr.Progress()) -> str:
+        """Train a LoRA adapter on the NF4 model from the recorded prompts; before/after WER as markdown.
+        (One parameter per prompt: gradio passes components positionally and injects request by name.)"""
+        recordings = (rec1, rec2, rec3, rec4, rec5, rec6)
+        prompts = self.prompts()
+        pairs = [(path, text) for path, text in zip(recordings, prompts) if path]
+        if len(pairs) < 3:
+            raise gr.Error("Record (or upload) at least 3 of the prompts: most train the adapter, the rest test it.")
+        n_test = max(1, len(pairs) // 3)
+        job = {"model": model_name, "speaker": (speaker or "").strip(), "audio": [p for p, _ in pairs],
+               "texts": [t for _, t in pairs], "n_train": len(pairs) - n_test,
+               "adapters_root": str(data_dir() / "adapters")}
+        session = getattr(request, "session_hash", None)
+        try:
+            with self.job_lock:
+                self.owner = session
+                try:
+                    out = self.pool.run("personalize", job, lambda f, m: progress(f, desc=m))
+                finally:
+                    self.owner = None
+        except UserError as exc:
+            raise gr.Error(str(exc)) from exc
+        w = out["wer"]
+        verdict = "better" if w["nf4+lora"] < w["nf4"] else "not better"
+        lines = [f"Adapter **{out['speaker']}**: {out['trainable_parameters']:,} parameters "
+                 f"({100 * out['extra_fraction']:.2f}% of the model), trained on {out['train_clips']} recordings in "
+                 f"{out['train_seconds']:.0f} s. On your {out['test_clips']} held-out recording(s):", "",
+                 "| model | WER |", "| --- | ---: |",
+                 f"| full precision | {100 * w['fp32']:.1f}% |", f"| NF4 (4-bit) | {100 * w['nf4']:.1f}% |",
+                 f"| NF4 + your adapter | {100 * w['nf4+lora']:.1f}% |", "",
+                 f"After personalisation the 4-bit model is {verdict} on your voice than before."]
+        return "\n".join(lines)
 
     # ---------------------------------------------------------------- transcribe
     def _quantized_model(self, run_id: str | None):

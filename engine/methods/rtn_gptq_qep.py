@@ -23,7 +23,8 @@ def round_weight(w: torch.Tensor, m: Moments | None, spec: LayerSpec, config: Qu
     """Round w with GPTQ (needs moments) or RTN."""
     fmt = layer_format(spec, config)
     if base == "gptq":
-        return gptq_quantize(w, m.hq, fmt, config.damping, config.block_size, config.act_order)
+        act_order = config.act_order if config.act_order is not None else spec.bits <= 3
+        return gptq_quantize(w, m.hq, fmt, config.damping, config.block_size, act_order)
     return rtn_quantize(w, fmt)
 
 

@@ -169,7 +169,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "qep_damping", "base",
-                  "double_quant", "mu", "steps", "lr", "activations", "activation_bits")
+                  "double_quant", "mu", "steps", "lr", "activations", "activation_bits", "clip_search")
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -180,6 +180,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--bits", type=int)
     g.add_argument("--group-size", type=int, help="-1 for one scale per output channel")
     g.add_argument("--symmetric", action="store_true", default=None)
+    g.add_argument("--clip-search", action="store_true", default=None,
+                   help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")
     g.add_argument("--damping", type=float, help="GPTQ damping (fraction of mean diag H)")
     g.add_argument("--qep-damping", type=float)

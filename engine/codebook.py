@@ -151,11 +151,15 @@ class CodebookTensor:
 
 
 def codebook_quantize(w: torch.Tensor, levels: torch.Tensor, bits: int, block_size: int, scale_dtype: str = "float16",
-                      levels_stored: bool = True, double_quant: bool = False) -> CodebookTensor:
-    """Absmax-normalize each block of w: (out, in) and snap every value to the nearest of ``levels``."""
+                      levels_stored: bool = True, double_quant: bool = False,
+                      scales: torch.Tensor | None = None) -> CodebookTensor:
+    """Absmax-normalize each block of w: (out, in) and snap every value to the nearest of ``levels``.
+
+    ``scales`` (out * blocks, 1), already in their storage precision, replace the absmax ones (GQ keeps
+    the scales of the original weight while its latent weights move)."""
     out_features, in_features = w.shape
     blocks = block_view(w.float(), block_size)
-    scales = absmax_scales(blocks, scale_dtype)
+    scales = absmax_scales(blocks, scale_dtype) if scales is None else scales
     dq = None
     if double_quant:
         dq = DoubleQuant.of(scales)

@@ -30,6 +30,7 @@ class QuantConfig:
     bits: int = 4  # default bits per weight for layers the table does not override
     group_size: int = 64  # input columns sharing one scale; -1 = one scale per output channel
     symmetric: bool = False  # symmetric grid (zero at the middle code) or min-max with a zero point
+    clip_search: bool = False  # fit each group's range by a shrink search (GPTQ's mse option) instead of min-max
 
     method = "base"
 
@@ -124,9 +125,14 @@ class GQConfig(QuantConfig):
     """
 
     mu: float = 8.0  # mu-law companding of the initial centroids (the paper's value is not published)
-    steps: int = 80  # Adam steps per layer
+    steps: int = 40  # Adam steps per layer
     lr: float = 0.01  # Adam learning rate of the normalized centroids
     rows_per_step: int = 96  # output rows per step (a stochastic estimate of the layer's loss)
+    # What the soft-quantized layer is trained to reproduce: "local" = the full-precision layer's output on
+    # the quantized model's inputs, ||(W - W~) X^||; "fp" = the full-precision model's output, ||W X - W~ X^||.
+    target: str = "local"
+    train_weights: bool = True  # also train the (normalized) weights under the soft quantizer, QAT-style
+    weight_lr: float = 0.01  # Adam learning rate of the latent normalized weights
     tau_start: float = 1.0  # initial temperature, in units of the squared initial level spacing
     tau_end: float = 0.01  # final temperature (near-hard); hard codes are taken after the last step
 
@@ -139,6 +145,7 @@ class GQConfig(QuantConfig):
         _check(0 <= self.steps <= 10000, f"steps must be between 0 and 10000, not {self.steps}.")
         _check(0 < self.lr <= 1, f"learning rate must be in (0, 1], not {self.lr}.")
         _check(self.rows_per_step >= 1, f"rows per step must be positive, not {self.rows_per_step}.")
+        _check(self.target in ("local", "fp"), f"target must be local or fp, not {self.target!r}.")
         _check(0 < self.tau_end <= self.tau_start, f"need 0 < tau_end <= tau_start, not {self.tau_end}, {self.tau_start}.")
 
 

@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -175,8 +176,6 @@ def save_adapter(adapter: SpeakerAdapter, root: str | Path | None = None) -> Pat
         old = root / f".{adapter.speaker}.old"
         folder.rename(old)
         tmp.rename(folder)
-        import shutil
-
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(folder)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from engine.artifacts import ArtifactError, read_metadata, save_quantized
@@ -62,8 +63,6 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
         try:
             return read_metadata(folder)["app_summary"]
         except (ArtifactError, KeyError):
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)  # damaged or foreign: rebuild it
     loaded = _models(context).get(request["model"])
     config = make_config(request["method"], **request.get("settings", {}))

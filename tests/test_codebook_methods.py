@@ -11,7 +11,7 @@ from engine.config import ConfigError, GQConfig, NF4Config
 from engine.formats import IntFormat, rtn_quantize
 from engine.layer_table import LayerSpec, LayerTableError
 from engine.methods import get_method, make_config
-from engine.methods.gq import mu_law_levels, train_levels
+from engine.methods.gq import mu_law_levels, train_codebook
 from engine.methods.moments import output_error
 from tests.test_methods import layer_setup
 
@@ -74,8 +74,8 @@ def test_mu_law_levels_are_symmetric_ascending_and_denser_near_zero():
 def test_gq_centroids_move_lower_the_output_error_and_end_hard(bits):
     w, _, _, stats, spec = layer_setup(seed=2, d_in=64, d_out=32)
     m = stats.moments()
-    config = GQConfig(bits=max(bits, 2), group_size=32, steps=80)
-    levels = train_levels(w, m, 2**bits, 32, config)
+    config = GQConfig(bits=max(bits, 2), group_size=32, steps=80, train_weights=False)
+    levels, _, _ = train_codebook(w, m, 2**bits, 32, config)
     initial = mu_law_levels(2**bits, config.mu)
     assert float((levels - initial).abs().max()) > 1e-3  # the centroids moved
     trained = codebook_quantize(w, levels, bits, 32)

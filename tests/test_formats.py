@@ -68,3 +68,12 @@ def test_invalid_formats_are_rejected():
         IntFormat(4, 0)
     with pytest.raises(ValueError, match="does not divide"):
         rtn_quantize(torch.randn(4, 100), IntFormat(4, 64))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_clip_search_grid_has_lower_error_than_min_max(bits):
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(bits))
+    plain = rtn_quantize(w, IntFormat(bits, 32)).dequantize()
+    searched = rtn_quantize(w, IntFormat(bits, 32, clip_search=True)).dequantize()
+    assert (searched - w).abs().pow(2.4).sum() < (plain - w).abs().pow(2.4).sum()
+    assert (searched - w).norm() < (plain - w).norm()

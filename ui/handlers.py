@@ -22,7 +22,7 @@ from engine.evaluate import TextScorer
 from engine.artifacts import load_quantized
 from engine.diagnostics import LayerRecord
 from engine.history import RunHistory
-from engine.jobs import WorkerPool
+from engine.jobs import JobCancelled, WorkerPool
 from engine.layer_table import build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
@@ -159,8 +159,12 @@ class Explorer:
             job = self._request(model_name, method, bits, group_size, alpha, seed, overrides)
             progress(0.0, desc="waiting for the worker" if self.pool.busy else "starting")
             run_id, summary = self._run_quantize(job, session, lambda f, msg: progress(f, desc=msg))
+        except JobCancelled:
+            return (gr.update(), "**Cancelled.** Press Quantize to start again.", *[gr.update()] * 6)
         except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+            # One sentence in the status line and a toast; the previous result stays on the page.
+            gr.Warning(str(exc))
+            return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 6)
         records = [LayerRecord(**r) for r in summary["layer_records"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
         return (run_id, self._status(summary), plots.error_propagation(records, title), plots.alpha_and_bits(records),
@@ -233,7 +237,9 @@ class Explorer:
         prompts = self.prompts()
         pairs = [(path, text) for path, text in zip(recordings, prompts) if path]
         if len(pairs) < 3:
-            raise gr.Error("Record (or upload) at least 3 of the prompts: most train the adapter, the rest test it.")
+            message = "Record (or upload) at least 3 of the prompts: most train the adapter, the rest test it."
+            gr.Warning(message)
+            return f"**Not done:** {message}"
         n_test = max(1, len(pairs) // 3)
         job = {"model": model_name, "speaker": (speaker or "").strip(), "audio": [p for p, _ in pairs],
                "texts": [t for _, t in pairs], "n_train": len(pairs) - n_test,
@@ -246,8 +252,11 @@ class Explorer:
                     out = self.pool.run("personalize", job, lambda f, m: progress(f, desc=m))
                 finally:
                     self.owner = None
+        except JobCancelled:
+            return "**Cancelled.**"
         except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+            gr.Warning(str(exc))
+            return f"**Not done:** {exc}"
         w = out["wer"]
         verdict = "better" if w["nf4+lora"] < w["nf4"] else "not better"
         lines = [f"Adapter **{out['speaker']}**: {out['trainable_parameters']:,} parameters "

@@ -13,8 +13,10 @@ The paper's mu, parameterization and schedule are not published; ours (engine/co
   4. Loss, label-free: distillation of the layer's full-precision output from the quantized model's inputs,
      ||W X - W~ X^||^2 / ||W X||^2, exact from the calibration moments of the two-stream pass (the same
      pass as GPTQ/QEP), so training costs milliseconds per step instead of backpropagating the model.
-  5. Hard codes: each weight snaps to its nearest trained centroid; the layer ships codes, scales and the
-     K centroids (float16).
+  5. With train_weights (default), the normalized weights are latent parameters trained too (QAT-style,
+     as the paper trains the model with its quantizer in the loop); the block scales stay those of W.
+  6. Hard codes: each (latent) weight snaps to its nearest trained centroid; the layer ships codes, scales
+     and the K centroids (float16).
 Above 6 bits (K > 64) the soft assignment's memory (weights x K) is not worth it: codes snap to the
 initial centroids without training.
 """
@@ -44,44 +46,60 @@ def soft_quantize(x: torch.Tensor, levels: torch.Tensor, tau: float) -> torch.Te
     return torch.softmax(logits, dim=-1) @ levels
 
 
-def train_levels(w: torch.Tensor, m: Moments, n_levels: int, block_size: int, config: GQConfig) -> torch.Tensor:
-    """Trained centroids (n_levels,) in normalized space for weight w: (out, in), ascending."""
+def train_codebook(w: torch.Tensor, m: Moments, n_levels: int, block_size: int,
+                   config: GQConfig) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Train centroids (and, with train_weights, the latent weights) for w: (out, in) on the moments m.
+
+    Returns (levels (K,) ascending, latent weight (out, in) or None, block scales (out * blocks, 1)).
+    """
     levels0 = mu_law_levels(n_levels, config.mu)
+    blocks = block_view(w.detach().float(), block_size)
+    scales = blocks.abs().amax(dim=1, keepdim=True).clamp_min(1e-12).half().float()
     if n_levels > MAX_TRAINED_LEVELS or config.steps == 0:
-        return levels0
+        return levels0, None, scales
     # The pass runs under inference mode; training needs ordinary tensors with autograd.
     with torch.inference_mode(False), torch.enable_grad():
         w = w.detach().clone().float()
         out_features = w.shape[0]
         hq = m.hq.detach().clone().float()
-        # The loss is ref - 2 tr(W C Q^T) + tr(Q H^ Q^T) over ref, a sum over output rows: each step uses a
-        # random subset of rows (the K centroids are shared, so a few hundred rows estimate the gradient well).
-        ref_rows = (w @ m.hx.float() * w).sum(dim=1)
-        w_cross = w @ m.cross.float()
-        blocks = block_view(w, block_size)
-        scales = blocks.abs().amax(dim=1, keepdim=True).clamp_min(1e-12).half().float()
-        x = (blocks / scales).reshape(out_features, -1, blocks.shape[1])
-        scales = scales.reshape(out_features, -1, 1)
+        # Loss = (ref - 2 tr(W C Q^T) + tr(Q H^ Q^T)) / ref, a sum over output rows. "local": the target is
+        # W X^ itself, i.e. Hx and C both become H^.
+        hx, cross = (m.hx, m.cross) if config.target == "fp" else (m.hq, m.hq)
+        ref_rows = (w @ hx.float() * w).sum(dim=1)
+        w_cross = w @ cross.float()
+        scales_r = scales.clone().reshape(out_features, -1, 1)
+        x = (blocks.clone() / scales).reshape(out_features, -1, blocks.shape[1])
         levels = levels0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([levels], lr=config.lr)
+        params = [{"params": [levels], "lr": config.lr}]
+        if config.train_weights:
+            x.requires_grad_(True)
+            params.append({"params": [x], "lr": config.weight_lr})
+        optimizer = torch.optim.Adam(params)
         spacing2 = (2.0 / (n_levels - 1)) ** 2
         decay = (config.tau_end / config.tau_start) ** (1.0 / max(config.steps - 1, 1))
         generator = torch.Generator().manual_seed(0)
-        n_rows = min(config.rows_per_step, out_features)
+        # Only the K centroids are shared: a random subset of rows estimates their gradient well. Latent
+        # weights belong to their row, so every row takes part in every step then.
+        n_rows = out_features if config.train_weights else min(config.rows_per_step, out_features)
         for step in range(config.steps):
             rows = torch.randperm(out_features, generator=generator)[:n_rows]
             tau = config.tau_start * spacing2 * decay**step
-            q = (soft_quantize(x[rows], levels, tau) * scales[rows]).reshape(n_rows, -1)
+            q = (soft_quantize(x[rows], levels, tau) * scales_r[rows]).reshape(n_rows, -1)
             loss = (ref_rows[rows].sum() - 2 * (w_cross[rows] * q).sum() + (q @ hq * q).sum()) / ref_rows[rows].sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return torch.sort(levels.detach())[0]
+    latent = (x.detach() * scales_r).reshape(w.shape) if config.train_weights else None
+    return torch.sort(levels.detach())[0], latent, scales
 
 
 @register(GQConfig, needs_calibration=True, summary="learned mu-law centroids per layer, soft-to-hard (label-free)")
 def quantize_gq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GQConfig) -> LayerOutcome:
-    levels = train_levels(w, stats.moments(), 2**spec.bits, spec.group_size, config)
-    quantized = codebook_quantize(w, levels, spec.bits, spec.group_size, scale_dtype="float16", levels_stored=True)
-    notes = {"levels_initial": mu_law_levels(2**spec.bits, config.mu).tolist()[:16], "levels": quantized.levels.tolist()[:16]}
+    levels, latent, scales = train_codebook(w, stats.moments(), 2**spec.bits, spec.group_size, config)
+    # Hard codes: each (latent) weight snaps to its nearest trained centroid, on the original block scales.
+    quantized = codebook_quantize(w if latent is None else latent, levels, spec.bits, spec.group_size,
+                                  scale_dtype="float16", levels_stored=True, scales=scales)
+    initial = mu_law_levels(2**spec.bits, config.mu)
+    notes = {"levels_initial": initial.tolist()[:16], "levels": quantized.levels.tolist()[:16],
+             "centroid_shift": float((quantized.levels - initial).abs().mean())}
     return LayerOutcome(quantized, w, notes=notes)

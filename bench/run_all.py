@@ -26,7 +26,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     foundation.main()
-    kernels.main()
+    kernels.main([])
     methods.main([])
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])

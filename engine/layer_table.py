@@ -144,3 +144,46 @@ def load_overrides(path: str | Path) -> list[dict]:
     if not isinstance(rows, list):
         raise LayerTableError(f"{path} must hold a list of layers or an object with a 'layers' list.")
     return rows
+
+
+# Presets fill the table from the chosen bits; the user edits from there. name -> (description, rule) where
+# rule(row, bits, n_blocks) gives the row's new settings.
+def _uniform(row: LayerSpec, bits: int, blocks: dict) -> dict:
+    return {}
+
+
+def _encoder_8bit(row: LayerSpec, bits: int, blocks: dict) -> dict:
+    return {"bits": 8} if row.part == "encoder" else {}
+
+
+def _decoder_8bit(row: LayerSpec, bits: int, blocks: dict) -> dict:
+    return {"bits": 8} if row.part == "decoder" else {}
+
+
+def _ends_8bit(row: LayerSpec, bits: int, blocks: dict) -> dict:
+    first_or_last = row.block in (0, blocks[row.part] - 1)
+    return {"bits": 8} if first_or_last else {}
+
+
+def _drop_last_decoder_ffn(row: LayerSpec, bits: int, blocks: dict) -> dict:
+    return {"action": "drop"} if row.part == "decoder" and row.block == blocks["decoder"] - 1 and row.kind in ("fc1", "fc2") else {}
+
+
+PRESETS = {
+    "uniform": ("every layer at the chosen bits", _uniform),
+    "encoder 8-bit": ("the acoustic encoder at 8 bits, the decoder at the chosen bits", _encoder_8bit),
+    "decoder 8-bit": ("the language decoder at 8 bits, the encoder at the chosen bits", _decoder_8bit),
+    "first and last blocks 8-bit": ("the most sensitive blocks at 8 bits", _ends_8bit),
+    "drop last decoder FFN": ("remove the last decoder feed-forward branch (module removal)", _drop_last_decoder_ffn),
+}
+
+
+def apply_preset(table: list[LayerSpec], name: str, bits: int) -> list[LayerSpec]:
+    if name not in PRESETS:
+        raise LayerTableError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    blocks = {part: 1 + max(r.block for r in table if r.part == part) for part in {r.part for r in table}}
+    rule = PRESETS[name][1]
+    out = [replace(row, **rule(row, bits, blocks)) for row in table]
+    for row in out:
+        row.validate()
+    return out

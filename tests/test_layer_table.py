@@ -106,3 +106,18 @@ def test_parser_accepts_or_names_the_problem(overrides):
         return
     for row in result:
         row.validate()
+
+
+def test_presets_fill_the_table_and_unknown_presets_are_refused(tiny):
+    from engine.layer_table import PRESETS, apply_preset
+
+    table = build_table(tiny.model, bits=3, group_size=64)
+    enc8 = apply_preset(table, "encoder 8-bit", 3)
+    assert {r.bits for r in enc8 if r.part == "encoder"} == {8} and {r.bits for r in enc8 if r.part == "decoder"} == {3}
+    ends = apply_preset(table, "first and last blocks 8-bit", 3)
+    assert {r.block for r in ends if r.bits == 8} == {0, 3}
+    dropped = apply_preset(table, "drop last decoder FFN", 3)
+    assert [r.name for r in dropped if r.action == "drop"] == ["model.decoder.layers.3.fc1", "model.decoder.layers.3.fc2"]
+    assert apply_preset(table, "uniform", 3) == table and len(PRESETS) == 5
+    with pytest.raises(LayerTableError, match="Unknown preset"):
+        apply_preset(table, "everything at 1 bit", 3)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.layer_table import PRESETS
 from engine.methods import METHODS
 from engine.models import DEFAULT_MODEL, available_models
 from ui.handlers import HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
@@ -38,6 +39,8 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
             group_size = gr.Dropdown(GROUP_SIZES, value=64, label="Group size (-1: per channel)", elem_id="group", scale=1)
             alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Alpha (QEP; FADE's prior)", elem_id="alpha", scale=2)
             seed = gr.Number(0, precision=0, label="Calibration seed", elem_id="seed", scale=1)
+            preset = gr.Dropdown([(f"{name}: {text}", name) for name, (text, _) in PRESETS.items()], value="uniform",
+                                 label="Preset (fills the per-layer table)", elem_id="preset", scale=2)
         with gr.Accordion("Per-layer settings (edit bits, group size, alpha, action)", open=False):
             table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=True, elem_id="layers", max_height=360,
                                  static_columns=[0, 1, 2, 3])
@@ -80,9 +83,9 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         with gr.Accordion("How the methods work", open=False):
             gr.Markdown(_method_notes())
 
-        table_inputs = [model, bits, group_size]
+        table_inputs = [model, bits, group_size, preset]
         demo.load(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
-        for trigger in (reset.click, bits.change, group_size.change, model.change):
+        for trigger in (reset.click, bits.change, group_size.change, model.change, preset.change):
             trigger(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
         demo.load(explorer.history_view, outputs=[history, pareto_plot], api_visibility="private")
         quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table],

@@ -23,7 +23,7 @@ from engine.artifacts import load_quantized
 from engine.diagnostics import LayerRecord
 from engine.history import RunHistory
 from engine.jobs import JobCancelled, WorkerPool
-from engine.layer_table import build_table
+from engine.layer_table import apply_preset, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
 from engine.models import available_models
@@ -78,9 +78,10 @@ class Explorer:
         return clip.transcript if clip is not None and Path(audio_path).name == clip.path.name else None
 
     # ---------------------------------------------------------------- layer table
-    def layer_rows(self, model_name: str, bits: int, group_size: int) -> list[list]:
+    def layer_rows(self, model_name: str, bits: int, group_size: int, preset: str = "uniform") -> list[list]:
         try:
             table = build_table(self.models.get(model_name).model, int(bits), int(group_size))
+            table = apply_preset(table, preset or "uniform", int(bits))
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
         return [[r.name, r.part, r.kind, f"{r.out_features}x{r.in_features}", r.bits, r.group_size,
@@ -167,7 +168,12 @@ class Explorer:
             return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 6)
         records = [LayerRecord(**r) for r in summary["layer_records"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
-        return (run_id, self._status(summary), plots.error_propagation(records, title), plots.alpha_and_bits(records),
+        with self.lock:  # the other runs still in memory, most recent first, overlaid for comparison
+            others = [(f"{s['method']} {s['bits']}b {s.get('layers_key') or ''}".strip(),
+                       [LayerRecord(**r) for r in s["layer_records"]])
+                      for rid, (_, s) in reversed(self.results.items()) if rid != run_id and s.get("layer_records")]
+        return (run_id, self._status(summary), plots.error_propagation(records, title, others[:3]),
+                plots.alpha_and_bits(records),
                 plots.size_gauge(self._size(summary)),
                 plots.latency_gauge(summary["demo_rtf"], summary["demo_rtf_fp32"], summary["fake_quant"]),
                 *self.history_view())

@@ -14,10 +14,17 @@ def _labels(records: list[LayerRecord]) -> list[str]:
     return [f"{'E' if r.part == 'encoder' else 'D'}{r.block}.{r.kind}" for r in records]
 
 
-def error_propagation(records: list[LayerRecord], title: str) -> go.Figure:
-    """Input drift, local and output error per layer, in execution order (encoder then decoder)."""
+def error_propagation(records: list[LayerRecord], title: str,
+                      others: list[tuple[str, list[LayerRecord]]] = ()) -> go.Figure:
+    """Input drift, local and output error per layer, in execution order (encoder then decoder); the output
+    error of other recent runs (other methods or settings) overlaid as dotted lines."""
     x = _labels(records)
     fig = go.Figure()
+    for label, other in others:
+        values = [r.output_error for r in other]
+        if len(other) == len(records) and any(v is not None for v in values):
+            fig.add_trace(go.Scatter(x=x, y=[None if v is None else 100 * v for v in values], mode="lines",
+                                     name=f"output error: {label}", line=dict(dash="dot", width=1.5), opacity=0.7))
     series = [("output error", "output_error"), ("input drift (from upstream)", "input_drift"),
               ("local error (this layer)", "local_error"), ("output error without correction", "output_error_uncorrected")]
     for name, field in series:

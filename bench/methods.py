@@ -133,7 +133,9 @@ NOTES = {
     "methods": "",
     "seed_methods": ("nf4 and w8a8 dynamic need no calibration (one run). W8A8 rows are simulated fixed point; "
                      "the same dynamic int8 model on torch's real int8 kernels is timed against faster-whisper "
-                     "int8 in kernels.md. gq trains its centroids on the calibration moments (label-free)."),
+                     "int8 in kernels.md. gq trains its centroids and latent weights on the calibration moments "
+                     "(label-free). Rows with fewer than 5 seeds are unfinished (the bench resumes them). At 2 "
+                     "bits every method is broken on tiny.en (RTN and GQ transcribe next to nothing, GPTQ loops)."),
 }
 
 

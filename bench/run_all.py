@@ -9,7 +9,7 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import foundation, kernels, methods, personalization
+from bench import foundation, kernels, methods, personalization, quant_memory
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
 SEED_METHOD_RUNS = (
@@ -28,6 +28,7 @@ def main() -> None:
     foundation.main()
     kernels.main([])
     methods.main([])
+    quant_memory.main([])
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])
     personalization.main([])

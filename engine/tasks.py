@@ -95,7 +95,7 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
 
 @task("personalize")
 def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
-    """request: model, speaker, audio (paths), texts, n_train, adapters_root. Trains LoRA on the NF4 model
+    """request: model, speaker, audio (paths), texts, n_train, adapters_root (optional). Trains LoRA on NF4
     with the first n_train recordings, scores fp32 / NF4 / NF4+LoRA on the rest, saves the adapter."""
     from engine.audio import load_audio
     from engine.config import NF4Config

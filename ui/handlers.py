@@ -57,7 +57,6 @@ class Explorer:
     lock: threading.Lock = field(default_factory=threading.Lock)
     job_lock: threading.Lock = field(default_factory=threading.Lock)  # one job at a time, in arrival order
     owner: str | None = None  # the browser session whose job is running
-    waiting: dict = field(default_factory=dict)  # session -> jobs submitted and not finished
 
     # ---------------------------------------------------------------- samples and audio
     def sample_path(self, name: str | None) -> str | None:
@@ -128,26 +127,27 @@ class Explorer:
         return {"model": model_name, "method": method, "settings": settings, "seed": int(seed),
                 "overrides": overrides, "artifact_root": str(self.artifact_root)}
 
-    def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
-        """Run (or reuse) a quantization in the worker; load the saved result for transcription."""
+    def _run_job(self, task: str, request: dict, session: str | None, progress) -> dict:
+        """Run a worker task for a browser session; while it runs, that session may cancel it."""
+        with self.job_lock:
+            self.owner = session
+            try:
+                return self.pool.run(task, request, progress)
+            finally:
+                self.owner = None
+
+    def _remember(self, run_id: str, loaded, summary: dict) -> None:
+        """Keep a loaded quantized model for transcription (least recently used dropped first)."""
         with self.lock:
-            self.waiting[session] = self.waiting.get(session, 0) + 1
-        try:
-            with self.job_lock:
-                self.owner = session
-                try:
-                    summary = self.pool.run("quantize", request, progress)
-                finally:
-                    self.owner = None
-        finally:
-            with self.lock:
-                self.waiting[session] -= 1
-        loaded, _ = load_quantized(summary["artifact"])
-        with self.lock:
-            self.results[summary["run_id"]] = (loaded, summary)
-            self.results.move_to_end(summary["run_id"])
+            self.results[run_id] = (loaded, summary)
+            self.results.move_to_end(run_id)
             while len(self.results) > KEPT_RESULTS:
                 self.results.popitem(last=False)
+
+    def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
+        """Run (or reuse) a quantization in the worker; load the saved result for transcription."""
+        summary = self._run_job("quantize", request, session, progress)
+        self._remember(summary["run_id"], load_quantized(summary["artifact"])[0], summary)
         self.history.add(summary, session)
         return summary["run_id"], summary
 
@@ -248,16 +248,10 @@ class Explorer:
             return f"**Not done:** {message}"
         n_test = max(1, len(pairs) // 3)
         job = {"model": model_name, "speaker": (speaker or "").strip(), "audio": [p for p, _ in pairs],
-               "texts": [t for _, t in pairs], "n_train": len(pairs) - n_test,
-               "adapters_root": str(data_dir() / "adapters")}
-        session = getattr(request, "session_hash", None)
+               "texts": [t for _, t in pairs], "n_train": len(pairs) - n_test}  # adapters: the default folder
         try:
-            with self.job_lock:
-                self.owner = session
-                try:
-                    out = self.pool.run("personalize", job, lambda f, m: progress(f, desc=m))
-                finally:
-                    self.owner = None
+            out = self._run_job("personalize", job, getattr(request, "session_hash", None),
+                                lambda f, m: progress(f, desc=m))
         except JobCancelled:
             return "**Cancelled.**"
         except UserError as exc:
@@ -289,10 +283,7 @@ class Explorer:
         if not folder.is_dir():
             raise UserError("That quantized model is not here (any more); press Quantize again.")
         loaded, meta = load_quantized(folder)
-        with self.lock:
-            self.results[run_id] = (loaded, meta.get("app_summary", {}))
-            while len(self.results) > KEPT_RESULTS:
-                self.results.popitem(last=False)
+        self._remember(run_id, loaded, meta.get("app_summary", {}))
         return loaded
 
     def transcribe_audio(self, audio_path: str | None, model_name: str, sample_name: str | None = None,

@@ -15,15 +15,14 @@ from engine.audio import load_audio
 from engine.config import NF4Config
 from engine.evaluate import TextScorer, load_dataset
 from engine.models import load_model
-from engine.personalize import LoRASettings, adapted, personalize
+from engine.personalize import LoRASettings, before_after, personalize
 from engine.quantize import quantize
-from engine.transcribe import transcribe
 
 log = logging.getLogger("bench.personalization")
 
 
 def pooled_wer(scorer: TextScorer, references: list[str], hypotheses: list[str]) -> float:
-    return scorer.score(references, hypotheses)[0]
+    return scorer.score(references, hypotheses)[0]  # corpus WER over all of a model's test clips
 
 
 def main(argv=None) -> dict:
@@ -47,8 +46,7 @@ def main(argv=None) -> dict:
         test_audio = [load_audio(u.path) for u in test]
         refs = [u.reference for u in test]
         adapter = personalize(nf4, f"speaker-{speaker}", train_audio, [u.reference for u in train], settings)
-        hyps = {"fp32": transcribe(fp32, test_audio), "nf4": transcribe(nf4, test_audio),
-                "nf4+lora": transcribe(adapted(nf4, adapter), test_audio)}
+        hyps = before_after(fp32, nf4, adapter, test_audio, refs)["transcripts"]
         row = {"speaker": speaker, "train_clips": len(train), "test_clips": len(test),
                "train_seconds": adapter.seconds, "trainable_parameters": adapter.trainable_parameters,
                "extra_fraction": adapter.extra_fraction, "loss_first": adapter.losses[0], "loss_last": adapter.losses[-1]}

@@ -205,11 +205,10 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
     """Adapt LoRA on the NF4 model to one speaker: train on the first --train clips of --data, test on the rest."""
     from engine.audio import load_audio
     from engine.config import NF4Config
-    from engine.evaluate import TextScorer, load_dataset
+    from engine.evaluate import load_dataset
     from engine.models import load_model
-    from engine.personalize import LoRASettings, PersonalizeError, adapted, check_speaker, personalize, save_adapter
+    from engine.personalize import LoRASettings, PersonalizeError, before_after, check_speaker, personalize, save_adapter
     from engine.quantize import quantize
-    from engine.transcribe import transcribe
 
     check_speaker(args.speaker)
     utterances = load_dataset(args.data)
@@ -224,10 +223,7 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
                           settings, base_info)
     adapter.clips = [u.id for u in train]
     folder = save_adapter(adapter, args.adapters)
-    audio = [load_audio(u.path) for u in test]
-    refs, scorer = [u.reference for u in test], TextScorer()
-    wer = {name: scorer.score(refs, transcribe(model, audio))[0]
-           for name, model in (("fp32", fp32), ("nf4", base), ("nf4+lora", adapted(base, adapter)))}
+    wer = before_after(fp32, base, adapter, [load_audio(u.path) for u in test], [u.reference for u in test])["wer"]
     result = {"speaker": args.speaker, "adapter": str(folder), "train_clips": len(train), "test_clips": len(test),
               "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
               "train_seconds": adapter.seconds, "wer": wer}

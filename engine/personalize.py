@@ -206,3 +206,17 @@ def load_adapter(base: LoadedModel, speaker: str, root: str | Path | None = None
     model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder), is_trainable=False)
     merged = model.merge_and_unload().eval()
     return replace(base, model=merged, name=f"{base.name} + {speaker}"), meta
+
+
+def before_after(fp32: LoadedModel, base: LoadedModel, adapter: SpeakerAdapter, audios: Sequence[np.ndarray],
+                 references: Sequence[str]) -> dict:
+    """WER and transcripts of fp32, the base (NF4) and the base with the adapter on held-out clips."""
+    from engine.evaluate import TextScorer
+    from engine.transcribe import transcribe
+
+    scorer, out = TextScorer(), {"wer": {}, "transcripts": {}}
+    for name, model in (("fp32", fp32), ("nf4", base), ("nf4+lora", adapted(base, adapter))):
+        hyps = transcribe(model, list(audios))
+        out["wer"][name] = scorer.score(list(references), hyps)[0]
+        out["transcripts"][name] = hyps
+    return out

@@ -99,9 +99,7 @@ def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict
     with the first n_train recordings, scores fp32 / NF4 / NF4+LoRA on the rest, saves the adapter."""
     from engine.audio import load_audio
     from engine.config import NF4Config
-    from engine.evaluate import TextScorer
-    from engine.personalize import PersonalizeError, adapted, check_speaker, personalize, save_adapter
-    from engine.transcribe import transcribe
+    from engine.personalize import PersonalizeError, before_after, check_speaker, personalize, save_adapter
 
     speaker = check_speaker(request["speaker"])
     paths, texts, n_train = request["audio"], request["texts"], int(request["n_train"])
@@ -117,12 +115,7 @@ def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict
     adapter.clips = [f"prompt {i + 1}" for i in range(n_train)]
     folder = save_adapter(adapter, request.get("adapters_root"))
     progress(0.9, "comparing before and after on the held-out prompts")
-    test_audio, refs, scorer = audios[n_train:], texts[n_train:], TextScorer()
-    out = {"speaker": speaker, "adapter": str(folder), "train_clips": n_train, "test_clips": len(refs),
-           "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
-           "train_seconds": adapter.seconds, "losses": adapter.losses, "wer": {}, "transcripts": {}}
-    for name, model in (("fp32", fp32), ("nf4", base), ("nf4+lora", adapted(base, adapter))):
-        hyps = transcribe(model, test_audio)
-        out["wer"][name] = scorer.score(refs, hyps)[0]
-        out["transcripts"][name] = hyps
-    return out
+    return {"speaker": speaker, "adapter": str(folder), "train_clips": n_train, "test_clips": len(texts) - n_train,
+            "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
+            "train_seconds": adapter.seconds, "losses": adapter.losses,
+            **before_after(fp32, base, adapter, audios[n_train:], texts[n_train:])}

@@ -65,3 +65,12 @@ def test_speaker_names_that_are_not_safe_folder_names_are_refused(nf4_base, spea
     audios, texts = speaker_clips
     with pytest.raises(PersonalizeError, match="Speaker name"):
         personalize(nf4_base, name, audios[:1], texts[:1])
+
+
+def test_before_after_scores_the_three_models_on_held_out_clips(tiny, nf4_base, adapter, speaker_clips):
+    from engine.personalize import before_after
+
+    audios, texts = speaker_clips
+    out = before_after(tiny, nf4_base, adapter, audios[8:], texts[8:])
+    assert set(out["wer"]) == {"fp32", "nf4", "nf4+lora"} and all(len(t) == 2 for t in out["transcripts"].values())
+    assert out["wer"]["fp32"] < 0.6  # real speech, real model: a WER that can fail

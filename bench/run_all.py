@@ -9,7 +9,7 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import foundation, kernels, methods, personalization, quant_memory
+from bench import foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
 SEED_METHOD_RUNS = (
@@ -32,6 +32,8 @@ def main() -> None:
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])
     personalization.main([])
+    fuzz_audio.main([])
+    load.main([])
 
 
 if __name__ == "__main__":

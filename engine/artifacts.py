@@ -10,11 +10,13 @@ A folder with:
                         every other parameter in float16 under its own name
   tokenizer.json        the model's tokenizer
 Saving writes to a temporary folder beside the target and renames it at the end, so an interrupted save
-(crash, full disk) never leaves a half-written artifact under the target name.
+(crash, full disk) never leaves a half-written artifact under the target name. The metadata records the
+weights file's SHA-256, so a file damaged later is refused on load instead of giving a broken model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -97,15 +100,55 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict 
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": KIND})
+        meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
         result.loaded.tokens.tokenizer.save(str(tmp / TOKENIZER_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
+    except (OSError, SafetensorError) as exc:  # a full disk, a file size limit, a vanished folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"Saving the quantized model to {out_dir} failed ({exc}); nothing was left behind.") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_artifact(folder: str | Path) -> dict:
+    """The metadata of a sound artifact; ArtifactError if any file is missing or its weights changed since saving."""
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file() or not (folder / TOKENIZER_FILE).is_file():
+        raise ArtifactError(f"{folder} is incomplete (its weights or tokenizer file is missing).")
+    expected = meta.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise ArtifactError(f"{weights} is damaged (its checksum differs from the one saved with it).")
+    return meta
+
+
+def prune_artifacts(root: str | Path, keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Delete all but the ``keep`` most recently written artifact folders under ``root`` (never those named in
+    ``protect``, nor partial saves in progress); returns the deleted folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in protect]
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for folder in folders[max(keep - len(protect), 0):]:
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
 
 
 def read_metadata(folder: str | Path) -> dict:
@@ -127,10 +170,10 @@ def read_metadata(folder: str | Path) -> dict:
 def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
     """Rebuild the quantized model exactly (bit-identical weights) and return it with its metadata."""
     folder = Path(folder)
-    meta = read_metadata(folder)
+    meta = verify_artifact(folder)
     try:
         tensors = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ArtifactError(f"{folder / WEIGHTS_FILE} is missing or damaged ({exc}).") from exc
     config = WhisperConfig.from_dict(meta["whisper_config"])
     model = WhisperForConditionalGeneration(config).eval()

@@ -31,12 +31,16 @@ def audio_duration(path: str | Path) -> float:
     return info.frames / info.samplerate if info.samplerate else 0.0
 
 
-def load_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
+def load_audio(path: str | Path, max_seconds: float | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Decode a file to a 16 kHz mono float32 array in [-1, 1].
 
-    Raises AudioError (one sentence) for missing, empty, corrupt, non-audio, silent or too long input.
+    The size and duration caps are checked from the file system and the header, before any decoding.
+    Raises AudioError (one sentence) for missing, empty, corrupt, non-audio, silent, too big or too long input.
     """
     path = Path(path)
+    if max_bytes is not None and path.is_file() and path.stat().st_size > max_bytes:
+        raise AudioError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; the limit here is "
+                         f"{max_bytes / 2**20:.0f} MB.")
     duration = audio_duration(path)
     if max_seconds is not None and duration > max_seconds:
         raise AudioError(
@@ -47,6 +51,8 @@ def load_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path.name} could not be decoded: the file is damaged or not audio.") from exc
+    except MemoryError as exc:  # a header claiming more samples than memory holds
+        raise AudioError(f"{path.name} is too large to decode here ({duration / 60:.0f} minutes).") from exc
     return prepare_audio(samples, rate, name=path.name)
 
 

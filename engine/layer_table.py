@@ -54,17 +54,17 @@ class LayerSpec:
     def validate(self) -> None:
         where = f"layer {self.name}"
         if self.bits not in ALLOWED_BITS:
-            raise LayerTableError(f"{where}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {self.bits!r}.")
+            raise LayerTableError(f"{where}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {_short(self.bits)}.")
         if self.action not in ACTIONS:
-            raise LayerTableError(f"{where}: action must be one of {', '.join(ACTIONS)}, not {self.action!r}.")
+            raise LayerTableError(f"{where}: action must be one of {', '.join(ACTIONS)}, not {_short(self.action)}.")
         if not (self.group_size == -1 or (isinstance(self.group_size, int) and self.group_size > 0)):
-            raise LayerTableError(f"{where}: group size must be -1 (per channel) or positive, not {self.group_size!r}.")
+            raise LayerTableError(f"{where}: group size must be -1 (per channel) or positive, not {_short(self.group_size)}.")
         if self.group_size != -1 and self.in_features % self.group_size:
             raise LayerTableError(
                 f"{where}: group size {self.group_size} does not divide its {self.in_features} input features."
             )
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
-            raise LayerTableError(f"{where}: alpha must be between 0 and 1, not {self.alpha!r}.")
+            raise LayerTableError(f"{where}: alpha must be between 0 and 1, not {_short(self.alpha)}.")
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
@@ -107,27 +107,36 @@ def apply_overrides(table: list[LayerSpec], overrides: list[dict]) -> list[Layer
     """Apply user rows (dicts with 'name' and any of bits, group_size, alpha, action) to a table."""
     by_name = {row.name: row for row in table}
     editable = {"bits", "group_size", "alpha", "action"}
+    if not isinstance(overrides, list):
+        raise LayerTableError(f"layer settings must be a list of rows like {{\"name\": ..., \"bits\": 3}}, "
+                              f"not {type(overrides).__name__}.")
     for item in overrides:
         if not isinstance(item, dict) or "name" not in item:
-            raise LayerTableError(f"each layer entry needs a 'name'; got {item!r}.")
+            raise LayerTableError(f"each layer entry needs a 'name'; got {_short(item)}.")
         name = item["name"]
-        if name not in by_name:
-            raise LayerTableError(f"layer {name} does not exist in this model.")
+        if not isinstance(name, str) or name not in by_name:
+            raise LayerTableError(f"layer {_short(name)} does not exist in this model.")
         unknown = set(item) - editable - {"name", "part", "block", "kind", "out_features", "in_features"}
         if unknown:
             raise LayerTableError(f"layer {name}: unknown setting(s) {', '.join(sorted(unknown))}.")
         changes = {k: item[k] for k in editable if k in item}
         for key in ("bits", "group_size"):
             if key in changes and (isinstance(changes[key], bool) or not isinstance(changes[key], int)):
-                raise LayerTableError(f"layer {name}: {key} must be an integer, not {changes[key]!r}.")
+                raise LayerTableError(f"layer {name}: {key} must be an integer, not {_short(changes[key])}.")
         if "alpha" in changes and changes["alpha"] is not None and (
             isinstance(changes["alpha"], bool) or not isinstance(changes["alpha"], (int, float))
         ):
-            raise LayerTableError(f"layer {name}: alpha must be a number or null, not {changes['alpha']!r}.")
+            raise LayerTableError(f"layer {name}: alpha must be a number or null, not {_short(changes['alpha'])}.")
         row = replace(by_name[name], **changes)
         row.validate()
         by_name[name] = row
     return [by_name[row.name] for row in table]
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr cut to one short line, for messages about hostile input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def table_to_json(table: list[LayerSpec]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from engine import ct2
@@ -215,7 +216,7 @@ def _load_cached_or_convert(name: str, files: CT2Files) -> WhisperForConditional
         try:
             log.info("loading converted %s from %s", name, folder)
             return WhisperForConditionalGeneration.from_pretrained(folder).eval()
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             log.warning("cached model in %s is unreadable (%s); converting again", folder, exc)
     log.info("converting %s from CTranslate2 (once; cached in %s)", name, folder)
     model = convert_ct2(files)
@@ -282,18 +283,20 @@ def _unavailable(name: str, why: str) -> ModelUnavailableError:
     )
 
 
-def _load_transformers(name_or_path: str) -> LoadedModel:
+def _load_transformers(name_or_path: str, safe_only: bool = False) -> LoadedModel:
     from huggingface_hub import hf_hub_download  # only needed for hub ids
 
-    if not Path(name_or_path).is_dir():
+    if safe_only or not Path(name_or_path).is_dir():
         if name_or_path.count("/") != 1:
             raise _unavailable(name_or_path, "it is not a hub id of the form owner/name either")
         if not _hub_reachable():
             raise _unavailable(name_or_path, "the model hub cannot be reached from this machine (offline)")
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(name_or_path).eval()
+        # safe_only: safetensors weights only (pickle can run code), and never a checkpoint's own code.
+        model = WhisperForConditionalGeneration.from_pretrained(
+            name_or_path, use_safetensors=True if safe_only else None, trust_remote_code=False).eval()
         folder = Path(name_or_path)
-        tok_file = folder / "tokenizer.json" if folder.is_dir() else Path(hf_hub_download(name_or_path, "tokenizer.json"))
+        tok_file = folder / "tokenizer.json" if folder.is_dir() and not safe_only else Path(hf_hub_download(name_or_path, "tokenizer.json"))
         extractor = WhisperFeatureExtractor.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise _unavailable(name_or_path, "it could not be loaded as a transformers Whisper checkpoint") from exc
@@ -301,14 +304,17 @@ def _load_transformers(name_or_path: str) -> LoadedModel:
     return LoadedModel(name_or_path, model, extractor, tokens, f"transformers checkpoint {name_or_path}")
 
 
-def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
+def load_model(name: str = DEFAULT_MODEL, safe_only: bool = False) -> LoadedModel:
     """Load a model by registry name, CTranslate2 folder, or transformers checkpoint id/folder.
 
-    Raises ModelUnavailableError with one sentence when the model cannot be had.
+    safe_only (public servers, see engine/policy.py): registry names and hub ids only, no local paths,
+    safetensors only. Raises ModelUnavailableError with one sentence when the model cannot be had.
     """
     torch.manual_seed(0)
     if name in REGISTRY:
         return _load_registry(REGISTRY[name])
+    if safe_only:
+        return _load_transformers(name, safe_only=True)
     path = Path(name).expanduser()
     if (path / "model.bin").is_file():
         return _load_ct2_folder(path)

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
-from engine.artifacts import ArtifactError, read_metadata, save_quantized
+from engine.artifacts import ArtifactError, save_quantized, verify_artifact
 from engine.evaluate import Utterance, evaluate
 from engine.experiment import build_calibration, calibration_clips
 from engine.jobs import ProgressFn, task
 from engine.layer_table import apply_overrides, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
+from engine.models import load_model
 from engine.quantize import quantize
 from engine.samples import SAMPLE_DIR, sample_clips
+
+log = logging.getLogger(__name__)
 
 APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
 
@@ -42,15 +47,19 @@ def demo_utterances() -> list[Utterance]:
     return [Utterance(c.name, c.path, c.transcript) for c in sample_clips() if c.group == "demo"]
 
 
-def _models(context: dict) -> ModelCache:
-    return context.setdefault("models", ModelCache(capacity=2))
+def _models(context: dict, safe_only: bool = False) -> ModelCache:
+    """The worker's model cache; a public server's worker reads safetensors only (see engine/policy.py)."""
+    key = f"models-safe-{safe_only}"
+    if key not in context:
+        context[key] = ModelCache(capacity=2, loader=lambda name: load_model(name, safe_only=safe_only))
+    return context[key]
 
 
-def _fp32_demo(context: dict, model: str):
+def _fp32_demo(context: dict, model: str, safe_only: bool = False):
     """The full-precision model's report on the demo clips (computed once per worker)."""
     cache = context.setdefault("fp32_demo", {})
     if model not in cache:
-        cache[model] = evaluate(_models(context).get(model), demo_utterances())
+        cache[model] = evaluate(_models(context, safe_only).get(model), demo_utterances())
     return cache[model]
 
 
@@ -61,10 +70,13 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     folder = Path(request["artifact_root"]) / run_id
     if folder.is_dir():
         try:
-            return read_metadata(folder)["app_summary"]
+            summary = verify_artifact(folder)["app_summary"]
+            os.utime(folder)  # recently used: the last to be pruned
+            return summary
         except (ArtifactError, KeyError):
-            shutil.rmtree(folder, ignore_errors=True)  # damaged or foreign: rebuild it
-    loaded = _models(context).get(request["model"])
+            log.warning("saved result %s is damaged or foreign; quantizing again", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    loaded = _models(context, request.get("safe_only", False)).get(request["model"])
     config = make_config(request["method"], **request.get("settings", {}))
     table = None
     if request.get("overrides"):
@@ -77,7 +89,7 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     result = quantize(loaded, config, calibration, layers=table, progress=lambda f, m: progress(0.9 * f, m))
     progress(0.92, "scoring on the demo clips")
     report = evaluate(result.loaded, demo_utterances())
-    fp32 = _fp32_demo(context, request["model"])
+    fp32 = _fp32_demo(context, request["model"], request.get("safe_only", False))
     summary = {
         "run_id": run_id, "artifact": str(folder), "model": request["model"], "method": config.method,
         "bits": config.bits, "group_size": config.group_size, "seed": int(request.get("seed", 0)),
@@ -105,8 +117,8 @@ def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict
     paths, texts, n_train = request["audio"], request["texts"], int(request["n_train"])
     if len(paths) != len(texts) or not 0 < n_train < len(paths):
         raise PersonalizeError(f"Record at least {n_train + 1} prompts: {n_train} to learn from and one to test on.")
-    audios = [load_audio(p) for p in paths]
-    fp32 = _models(context).get(request["model"])
+    audios = [load_audio(p, request.get("max_audio_seconds"), request.get("max_bytes")) for p in paths]
+    fp32 = _models(context, request.get("safe_only", False)).get(request["model"])
     progress(0.02, "quantizing to NF4")
     base = quantize(fp32, NF4Config()).loaded
     base_info = {"name": request["model"], "quant_config": NF4Config().to_dict()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _method_notes() -> str:
 def build_app(explorer: Explorer | None = None) -> gr.Blocks:
     explorer = explorer or Explorer()
     installed = [m["name"] for m in available_models() if m["installed"]]
-    with gr.Blocks(title="ASR Quantization Explorer") as demo:
+    # Uploaded and recorded files are deleted after an hour, so a long workshop does not fill the disk.
+    with gr.Blocks(title="ASR Quantization Explorer", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             model = gr.Dropdown(installed, value=DEFAULT_MODEL, label="Model", elem_id="model", scale=1)
@@ -90,25 +92,32 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         demo.load(explorer.history_view, outputs=[history, pareto_plot], api_visibility="private")
         quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table],
                            outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, history, pareto_plot],
-                           api_visibility="private", concurrency_id="quantize")
+                           api_visibility="private", concurrency_id="quantize", concurrency_limit=None)
         # Cancel must never wait behind the job it cancels: its own unlimited concurrency group.
         cancel_btn.click(explorer.cancel, outputs=status, api_visibility="private", concurrency_id="cancel",
                          concurrency_limit=None)
-        gr.api(explorer.api_quantize, api_name="quantize", concurrency_id="quantize")
+        gr.api(explorer.api_quantize, api_name="quantize", concurrency_id="quantize", concurrency_limit=None)
         train_btn.click(explorer.personalize, inputs=[model, speaker, *prompt_audio], outputs=personal_result,
-                        api_visibility="private", concurrency_id="quantize")
+                        api_visibility="private", concurrency_id="quantize", concurrency_limit=None)
         sample.change(explorer.sample_path, inputs=sample, outputs=audio, api_visibility="private")
         run.click(explorer.transcribe_audio, inputs=[audio, model, sample, run_id], outputs=[fp_text, q_text, details],
-                  api_name="transcribe", concurrency_id="cpu")
-    demo.queue(default_concurrency_limit=1, max_size=32)
+                  api_name="transcribe", concurrency_id="cpu", concurrency_limit=None)
+    # Heavy jobs and transcriptions start at once and wait in the explorer's bounded waiting rooms (a full room
+    # answers "busy, try again"); the quick table and sample events queue in gradio, one at a time.
+    demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 
 
+def launch_options(explorer: Explorer) -> dict:
+    """gradio launch() settings that follow the serving policy (uploads are capped before they reach a handler)."""
+    return {"max_file_size": explorer.policy.max_upload_bytes, "ssr_mode": False, "footer_links": ["api", "gradio"]}
+
+
 def launch(host: str | None = None, port: int | None = None) -> None:
-    demo = build_app()
-    demo.launch(
+    explorer = Explorer()
+    logging.getLogger(__name__).info("serving in %s mode", explorer.policy.mode)
+    build_app(explorer).launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        ssr_mode=False,
-        footer_links=["api", "gradio"],
+        **launch_options(explorer),
     )

@@ -6,6 +6,7 @@ and gradio's progress bar is handed to the engine as a plain callback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -16,38 +17,48 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.admission import Admission
 from engine.audio import SAMPLE_RATE, load_audio
 from engine.errors import UserError
 from engine.evaluate import TextScorer
-from engine.artifacts import load_quantized
+from engine.artifacts import load_quantized, prune_artifacts
 from engine.diagnostics import LayerRecord
 from engine.history import RunHistory
 from engine.jobs import JobCancelled, WorkerPool
-from engine.layer_table import apply_preset, build_table
+from engine.layer_table import apply_overrides, apply_preset, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
 from engine.models import available_models
 from engine.paths import data_dir
+from engine.policy import ServingPolicy
 from engine.samples import SampleClip, sample_clips
 from engine.size import SizeReport
 from engine.textdiff import word_diff
 from engine.transcribe import transcribe
 from ui import plots
 
-MAX_AUDIO_SECONDS = 10 * 60  # the page transcribes up to ten minutes; the CLI has no limit
 PROMPTS = 6  # sentences offered for personalisation
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
 HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "demo WER %", "RTF",
                    "run id"]
+WAITING_TRANSCRIPTIONS = 8  # transcriptions running or waiting before "busy" (each takes a second or two)
 
-KEPT_RESULTS = 4  # quantized models kept in memory for the page
+
+def _integer(value) -> int:
+    """int() that refuses 3.7 and "x" instead of truncating or crashing later."""
+    number = float(value)
+    if not number.is_integer() or abs(number) > 2**31:
+        raise ValueError(f"{str(value)[:20]!r} is not a whole number in range")
+    return int(number)
 
 
 @dataclass
 class Explorer:
-    """What the page's handlers share: the model cache, quantized results, the sample clips, the scorer."""
+    """What the page's handlers share: the model cache, quantized results, the sample clips, the scorer,
+    the worker, the history, and the serving policy (public or private mode, limits; engine/policy.py)."""
 
-    models: ModelCache = field(default_factory=ModelCache)
+    policy: ServingPolicy = field(default_factory=ServingPolicy.from_env)
+    models: ModelCache | None = None  # built from the policy when not given
     samples: dict[str, SampleClip] = field(default_factory=lambda: {c.name: c for c in sample_clips()})
     scorer: TextScorer = field(default_factory=TextScorer)
     pool: WorkerPool = field(default_factory=WorkerPool)  # quantization runs in this worker process
@@ -56,7 +67,16 @@ class Explorer:
     results: OrderedDict = field(default_factory=OrderedDict)  # run id -> (loaded model, summary), LRU
     lock: threading.Lock = field(default_factory=threading.Lock)
     job_lock: threading.Lock = field(default_factory=threading.Lock)  # one job at a time, in arrival order
+    cpu_lock: threading.Lock = field(default_factory=threading.Lock)  # one transcription at a time
     owner: str | None = None  # the browser session whose job is running
+    jobs: Admission | None = None  # heavy jobs running or waiting (bounded, one per session)
+    transcriptions: Admission | None = None
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = ModelCache(capacity=self.policy.kept_models, loader=self.policy.load_model)
+        self.jobs = self.jobs or Admission(self.policy.max_waiting_jobs, "job")
+        self.transcriptions = self.transcriptions or Admission(WAITING_TRANSCRIPTIONS, "transcription")
 
     # ---------------------------------------------------------------- samples and audio
     def sample_path(self, name: str | None) -> str | None:
@@ -69,7 +89,7 @@ class Explorer:
     def _audio(self, audio_path: str | None):
         if not audio_path:
             raise gr.Error("Choose a sample clip, upload a file or record something first.")
-        return load_audio(audio_path, max_seconds=MAX_AUDIO_SECONDS)
+        return load_audio(audio_path, max_seconds=self.policy.max_audio_seconds, max_bytes=self.policy.max_upload_bytes)
 
     def _reference(self, audio_path: str, sample_name: str | None) -> str | None:
         clip = self.samples.get(sample_name or "")
@@ -118,21 +138,33 @@ class Explorer:
     def _request(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
                  overrides: list[dict] | None) -> dict:
         entry = get_method(method)
-        settings = {"bits": int(bits), "group_size": int(group_size)}
-        if "alpha" in entry.config_cls.setting_names():
-            settings["alpha"] = float(alpha)
-        make_config(method, **settings)  # a bad setting fails here, in one sentence, before any work
-        if model_name not in {m["name"] for m in available_models() if m["installed"]}:
-            raise UserError(f"Model {model_name!r} is not available here.")
+        try:
+            settings = {"bits": _integer(bits), "group_size": _integer(group_size)}
+            if "alpha" in entry.config_cls.setting_names():
+                settings["alpha"] = float(alpha)
+            seed = _integer(seed)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise UserError(f"bits, group size and seed must be whole numbers and alpha a number ({exc}).") from exc
+        config = make_config(method, **settings)  # a bad setting fails here, in one sentence, before any work
+        self._check_model(model_name)
+        if overrides is not None:  # so is a bad layer row (the worker applies them again)
+            apply_overrides(build_table(self.models.get(model_name).model, config.bits, config.group_size), overrides)
         return {"model": model_name, "method": method, "settings": settings, "seed": int(seed),
-                "overrides": overrides, "artifact_root": str(self.artifact_root)}
+                "overrides": overrides, "artifact_root": str(self.artifact_root), "safe_only": self.policy.public}
+
+    def _check_model(self, model_name: str) -> None:
+        self.policy.check_model(model_name)
+        installed = {m["name"] for m in available_models() if m["installed"]} | set(self.policy.allowed_hub_ids)
+        if self.policy.public and model_name not in installed:
+            raise UserError(f"Model {model_name!r} is not installed on this server.")
 
     def _run_job(self, task: str, request: dict, session: str | None, progress) -> dict:
-        """Run a worker task for a browser session; while it runs, that session may cancel it."""
-        with self.job_lock:
+        """Run a worker task for a browser session: a place in the bounded waiting room (or "busy" at once),
+        then the worker in arrival order, stopped at the policy's time limit; the session may cancel it."""
+        with self.jobs.enter(session), self.job_lock:
             self.owner = session
             try:
-                return self.pool.run(task, request, progress)
+                return self.pool.run(task, request, progress, timeout=self.policy.job_seconds)
             finally:
                 self.owner = None
 
@@ -141,7 +173,7 @@ class Explorer:
         with self.lock:
             self.results[run_id] = (loaded, summary)
             self.results.move_to_end(run_id)
-            while len(self.results) > KEPT_RESULTS:
+            while len(self.results) > self.policy.kept_results:
                 self.results.popitem(last=False)
 
     def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
@@ -149,6 +181,9 @@ class Explorer:
         summary = self._run_job("quantize", request, session, progress)
         self._remember(summary["run_id"], load_quantized(summary["artifact"])[0], summary)
         self.history.add(summary, session)
+        with self.lock:
+            in_memory = frozenset(self.results)
+        prune_artifacts(self.artifact_root, self.policy.kept_artifacts, protect=in_memory)
         return summary["run_id"], summary
 
     def quantize_model(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
@@ -248,10 +283,15 @@ class Explorer:
             return f"**Not done:** {message}"
         n_test = max(1, len(pairs) // 3)
         job = {"model": model_name, "speaker": (speaker or "").strip(), "audio": [p for p, _ in pairs],
-               "texts": [t for _, t in pairs], "n_train": len(pairs) - n_test}  # adapters: the default folder
+               "texts": [t for _, t in pairs], "n_train": len(pairs) - n_test,  # adapters: the default folder
+               "safe_only": self.policy.public, "max_audio_seconds": self.policy.max_audio_seconds,
+               "max_bytes": self.policy.max_upload_bytes}
+        session = getattr(request, "session_hash", None)
+        if self.policy.public:  # strangers must not overwrite each other's voices: one folder per visitor
+            job["adapters_root"] = str(self._visitor_adapters(session))
         try:
-            out = self._run_job("personalize", job, getattr(request, "session_hash", None),
-                                lambda f, m: progress(f, desc=m))
+            self._check_model(model_name)
+            out = self._run_job("personalize", job, session, lambda f, m: progress(f, desc=m))
         except JobCancelled:
             return "**Cancelled.**"
         except UserError as exc:
@@ -267,6 +307,12 @@ class Explorer:
                  f"| NF4 + your adapter | {100 * w['nf4+lora']:.1f}% |", "",
                  f"After personalisation the 4-bit model is {verdict} on your voice than before."]
         return "\n".join(lines)
+
+    def _visitor_adapters(self, session: str | None) -> Path:
+        """A public visitor's adapter folder, named by a hash (the session id comes from the client: never a path)."""
+        root = self.artifact_root.parent / "visitor-adapters"
+        prune_artifacts(root, self.policy.kept_artifacts)
+        return root / hashlib.sha256(str(session).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------- transcribe
     def _quantized_model(self, run_id: str | None):
@@ -287,23 +333,26 @@ class Explorer:
         return loaded
 
     def transcribe_audio(self, audio_path: str | None, model_name: str, sample_name: str | None = None,
-                         run_id: str | None = None):
+                         run_id: str | None = None, request: gr.Request = None):
         """Full-precision and (if a run id is given) quantized transcripts side by side.
 
         Returns (fp text, quantized word diff, details markdown).
         """
         try:
-            audio = self._audio(audio_path)
-            loaded = self.models.get(model_name)
-            start = time.perf_counter()
-            fp_text = transcribe(loaded, [audio])[0]
-            fp_seconds = time.perf_counter() - start
-            result = self._quantized_model(run_id)
-            q_text, q_seconds = None, None
-            if result is not None:
-                start = time.perf_counter()
-                q_text = transcribe(result, [audio])[0]
-                q_seconds = time.perf_counter() - start
+            with self.transcriptions.enter(getattr(request, "session_hash", None)):
+                audio = self._audio(audio_path)
+                self._check_model(model_name)
+                with self.cpu_lock:
+                    loaded = self.models.get(model_name)
+                    start = time.perf_counter()
+                    fp_text = transcribe(loaded, [audio])[0]
+                    fp_seconds = time.perf_counter() - start
+                    result = self._quantized_model(run_id)
+                    q_text, q_seconds = None, None
+                    if result is not None:
+                        start = time.perf_counter()
+                        q_text = transcribe(result, [audio])[0]
+                        q_seconds = time.perf_counter() - start
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
         seconds = len(audio) / SAMPLE_RATE

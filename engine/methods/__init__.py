@@ -72,8 +72,8 @@ def register(config_cls: type[QuantConfig], needs_calibration: bool | Callable[[
 
 
 def get_method(name: str) -> MethodEntry:
-    if name not in METHODS:
-        raise UserError(f"Unknown method '{name}'; choose one of {', '.join(METHODS)}.")
+    if not isinstance(name, str) or name not in METHODS:
+        raise UserError(f"Unknown method {str(name)[:40]!r}; choose one of {', '.join(METHODS)}.")
     return METHODS[name]
 
 

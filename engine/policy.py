@@ -1,0 +1,88 @@
+"""What a server lets its visitors do: the public/private switch and the limits that keep a shared server up.
+
+Public mode is for strangers (a Hugging Face Space, a workshop server): models only from the registry and an
+allow-list of hub ids, never a path a visitor typed; hub checkpoints only as safetensors, never pickle, and
+never remote code; tighter caps on uploads, audio length and job time. Private mode (the default on your own
+machine) keeps the full freedom of the CLI. The threat model behind each limit is docs/threat-model.md.
+
+    ASRQ_PUBLIC=1 / 0           force public / private (default: public when SPACE_ID is set, as on Spaces)
+    ASRQ_ALLOWED_MODELS=a/b,c/d extra hub ids a public server may load
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from engine.errors import ModelUnavailableError, UserError
+from engine.models import REGISTRY, LoadedModel, load_model
+
+
+class PolicyError(UserError):
+    """A serving limit is set to an impossible value."""
+
+
+class BusyError(UserError):
+    """The server has no room for another job right now."""
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    """Limits of one server; every cap is checked before the expensive work it protects."""
+
+    public: bool = False
+    allowed_hub_ids: tuple[str, ...] = ()  # hub checkpoints a public server may load besides the registry
+    max_upload_bytes: int = 50 * 2**20  # checked by gradio on upload and again before decoding
+    max_audio_seconds: float = 10 * 60  # from the file header, before decoding
+    job_seconds: float = 15 * 60  # a quantize or personalise job is stopped after this
+    max_waiting_jobs: int = 4  # heavy jobs running or queued; one more gets "busy, try again"
+    kept_models: int = 2  # loaded full-precision models in the server's memory (least recently used out)
+    kept_results: int = 4  # loaded quantized models in the server's memory
+    kept_artifacts: int = 64  # saved quantized models on disk; older ones are deleted
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
+                     "kept_results", "kept_artifacts"):
+            if not getattr(self, name) > 0:
+                raise PolicyError(f"{name} must be positive, not {getattr(self, name)}.")
+        for hub_id in self.allowed_hub_ids:
+            if hub_id.count("/") != 1 or hub_id.startswith(("/", ".", "~")):
+                raise PolicyError(f"Allowed model {hub_id!r} is not a hub id of the form owner/name.")
+
+    @classmethod
+    def public_defaults(cls, **changes) -> ServingPolicy:
+        """The caps of a public Space on free CPU hardware: two-minute clips, ten-minute jobs, 20 MB uploads."""
+        values = {"public": True, "max_upload_bytes": 20 * 2**20, "max_audio_seconds": 120.0, "job_seconds": 600.0,
+                  "max_waiting_jobs": 4, "kept_artifacts": 32}
+        return cls(**(values | changes))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingPolicy:
+        env = os.environ if env is None else env
+        switch = env.get("ASRQ_PUBLIC", "").strip().lower()
+        if switch not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise PolicyError(f"ASRQ_PUBLIC must be 1 or 0, not {switch!r}.")
+        public = switch in ("1", "true", "yes") if switch else bool(env.get("SPACE_ID"))
+        allowed = tuple(h.strip() for h in env.get("ASRQ_ALLOWED_MODELS", "").split(",") if h.strip())
+        return cls.public_defaults(allowed_hub_ids=allowed) if public else cls(allowed_hub_ids=allowed)
+
+    def with_changes(self, **changes) -> ServingPolicy:
+        return replace(self, **changes)
+
+    @property
+    def mode(self) -> str:
+        return "public" if self.public else "private"
+
+    def check_model(self, name: str) -> str:
+        """Return ``name`` if this server may load it, else raise ModelUnavailableError in one sentence."""
+        if not isinstance(name, str) or not name.strip():
+            raise ModelUnavailableError("Choose a model.")
+        if name in REGISTRY or not self.public or name in self.allowed_hub_ids:
+            return name
+        allowed = ", ".join([*REGISTRY, *self.allowed_hub_ids])
+        raise ModelUnavailableError(f"This public server only loads its listed models ({allowed}), not {name!r}.")
+
+    def load_model(self, name: str) -> LoadedModel:
+        """The model loader under this policy: public servers read safetensors only, never pickle or local paths."""
+        return load_model(self.check_model(name), safe_only=self.public)

@@ -1,0 +1,146 @@
+"""Hostile input: damaged and strange audio files, and nonsense job requests, each get one clear sentence and
+change nothing (no job started, no history row, no saved file)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.fuzz_audio import check_loaded, damaged_audio
+from engine.audio import SAMPLE_RATE, load_audio
+from engine.errors import AudioError, UserError
+
+
+def tone(seconds: float, rate: int = SAMPLE_RATE, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return np.stack([mono] * channels, axis=1) if channels > 1 else mono
+
+
+def one_sentence(exc: Exception) -> bool:
+    text = str(exc)
+    return bool(text) and "\n" not in text and len(text) < 300
+
+
+def test_enormous_header_is_refused_before_decoding(tmp_path):
+    # A WAV header claiming ~4 GB of samples with 1 KB of data behind it.
+    body = np.zeros(512, np.int16).tobytes()
+    header = (b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVE" + b"fmt " +
+              struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", 0xFFFFFF00))
+    path = tmp_path / "huge-header.wav"
+    path.write_bytes(header + body)
+    try:
+        audio = load_audio(path, max_seconds=600)
+    except AudioError as exc:
+        assert one_sentence(exc)
+    else:  # libsndfile trusts the file size over the header: what decodes is the 1 KB that is there
+        assert len(audio) <= 512
+
+
+def test_an_hour_long_file_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "hour.wav"
+    rate = 1000  # an hour at 1 kHz, 8-bit: 3.6 MB on disk
+    sf.write(path, np.zeros(3600 * rate, np.float32), rate, subtype="PCM_U8")
+    with pytest.raises(AudioError, match="60.0 minutes long; the limit here is 10.0 minutes") as info:
+        load_audio(path, max_seconds=600)
+    assert one_sentence(info.value)
+
+
+def test_long_silence_and_oversized_uploads(tmp_path):
+    path = tmp_path / "silence.flac"
+    sf.write(path, np.zeros(5 * 60 * 8000, np.float32), 8000)
+    with pytest.raises(AudioError, match="silent"):
+        load_audio(path, max_seconds=600)
+    with pytest.raises(AudioError, match="MB; the limit here is 0 MB"):
+        load_audio(path, max_bytes=100)
+
+
+@pytest.mark.parametrize("channels", [3, 5, 7])
+def test_odd_channel_counts_are_mixed_down(tmp_path, channels):
+    path = tmp_path / f"ch{channels}.wav"
+    sf.write(path, tone(0.5, channels=channels), SAMPLE_RATE, subtype="PCM_16")
+    audio = load_audio(path)
+    assert audio.ndim == 1 and abs(len(audio) - SAMPLE_RATE // 2) <= 1 and 0.45 < np.abs(audio).max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_samples(tmp_path, bad):
+    samples = tone(0.5)
+    samples[10] = bad
+    path = tmp_path / "bad.wav"
+    sf.write(path, samples, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN or infinity"):
+        load_audio(path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=damaged_audio())
+def test_damaged_files_decode_or_get_one_sentence(tmp_path, data):
+    # The same inputs as the benchmark's longer fuzz run (bench/fuzz_audio.py).
+    path = tmp_path / "upload.wav"
+    path.write_bytes(data)
+    try:
+        audio = load_audio(path, max_seconds=600)
+    except AudioError as exc:
+        assert one_sentence(exc)
+        return
+    check_loaded(audio)
+
+
+# ------------------------------------------------------------------ job requests from the page or the API
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory, tiny):
+    import os
+
+    os.environ.setdefault("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))
+    from engine.history import RunHistory
+    from engine.model_cache import ModelCache
+    from ui.handlers import Explorer
+
+    root = tmp_path_factory.mktemp("hostile")
+    return Explorer(models=ModelCache(loader=lambda name: tiny), history=RunHistory(root / "history.sqlite"),
+                    artifact_root=root / "results")
+
+
+GOOD = {"model_name": "tiny.en", "method": "rtn", "bits": 4, "group_size": 64, "alpha": 0.5, "seed": 0,
+        "overrides": None}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"method": "nonsense"}, "Unknown method"),
+    ({"method": ["rtn"]}, "Unknown method"),
+    ({"bits": "four"}, "whole numbers"),
+    ({"bits": 3.5}, "whole numbers"),
+    ({"bits": None}, "whole numbers"),
+    ({"bits": 1e300}, "whole numbers|bits must be one of"),
+    ({"bits": 7}, "bits must be one of"),
+    ({"group_size": 0}, "group size"),
+    ({"seed": "x"}, "whole numbers"),
+    ({"method": "qep", "alpha": 5}, "alpha"),
+    ({"method": "qep", "alpha": float("nan")}, "alpha"),
+    ({"overrides": 5}, "must be a list"),
+    ({"overrides": {"bits": 3}}, "must be a list"),
+    ({"overrides": [{"name": ["x"]}]}, "does not exist"),
+    ({"overrides": [{"name": "model.encoder.layers.9.fc1"}]}, "does not exist"),
+    ({"overrides": [{"name": "model.encoder.layers.0.fc1", "bits": 99}]}, "model.encoder.layers.0.fc1: bits"),
+    ({"overrides": [{"name": "model.encoder.layers.0.fc1", "alpha": "x" * 10_000}]}, "alpha must be a number"),
+    ({"overrides": [{"name": "model.encoder.layers.0.fc1", "action": "explode"}]}, "action must be one of"),
+])
+def test_bad_requests_get_one_sentence_and_start_nothing(explorer, change, message):
+    with pytest.raises(UserError, match=message) as info:
+        explorer._request(**(GOOD | change))
+    assert one_sentence(info.value)
+    assert explorer.pool.jobs_started == 0 and explorer.history.count() == 0
+    assert not explorer.artifact_root.exists()
+
+
+def test_a_good_request_passes(explorer):
+    request = explorer._request(**GOOD)
+    assert request["settings"] == {"bits": 4, "group_size": 64} and request["safe_only"] is False
+

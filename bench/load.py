@@ -192,6 +192,9 @@ def report(args, requests, memory, alive, answers_after, history_ids, integrity,
                            "busy_p95_s": percentile([r.seconds for r in rs if r.outcome == "busy"], 0.95)}
     first_minute = [mb for t, mb in memory if t <= 60]
     last_minute = [mb for t, mb in memory if t >= memory[-1][0] - 60] if memory else []
+    per_minute: dict[int, float] = {}
+    for t, mb in memory:
+        per_minute[int(t // 60)] = max(per_minute.get(int(t // 60), 0.0), mb)
     checks = {
         "server_alive": alive, "answers_after_the_load": answers_after,
         "every_request_ok_or_busy": all(r.outcome != "error" for r in requests),
@@ -202,6 +205,7 @@ def report(args, requests, memory, alive, answers_after, history_ids, integrity,
             "peak_rss_mb": max((mb for _, mb in memory), default=None),
             "rss_first_minute_max_mb": max(first_minute, default=None),
             "rss_last_minute_max_mb": max(last_minute, default=None),
+            "rss_max_mb_per_minute": [round(per_minute[m]) for m in sorted(per_minute)],
             "distinct_runs": len(ok_runs), "history_rows": len(history_ids),
             "errors": sorted({r.message for r in requests if r.outcome == "error"})[:20],
             "requests": [asdict(r) for r in requests]}
@@ -219,7 +223,9 @@ def report(args, requests, memory, alive, answers_after, history_ids, integrity,
                      f"{fmt(e['p95_s'])} | {fmt(e['busy_p95_s'])} |")
     lines += ["", f"Peak memory, server and worker together: **{data['peak_rss_mb']:.0f} MB** "
               f"(highest in the first minute {data['rss_first_minute_max_mb']:.0f} MB, in the last minute "
-              f"{data['rss_last_minute_max_mb']:.0f} MB).", "",
+              f"{data['rss_last_minute_max_mb']:.0f} MB; highest per minute: "
+              f"{', '.join(str(v) for v in data['rss_max_mb_per_minute'])} MB). The caches behind it are bounded: "
+              "2 full-precision models and 4 quantized results in the server, 2 models in the worker.", "",
               "| check | result |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in checks.items()],
               f"| finished runs / history rows | {len(ok_runs)} / {len(history_ids)} |", "",
               "Latency is from the visitor's side: a quantization waits for the jobs ahead of it in the worker (one at "

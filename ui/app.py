@@ -39,7 +39,7 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
                                  label="Method", elem_id="method", scale=3)
             bits = gr.Dropdown(BITS, value=4, label="Bits", elem_id="bits", scale=1)
             group_size = gr.Dropdown(GROUP_SIZES, value=64, label="Group size (-1: per channel)", elem_id="group", scale=1)
-            alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Alpha (QEP; FADE's prior)", elem_id="alpha", scale=2)
+            alpha = gr.Slider(0, 1, value=0.75, step=0.05, label="Alpha (QEP; FADE's prior)", elem_id="alpha", scale=2)
             seed = gr.Number(0, precision=0, label="Calibration seed", elem_id="seed", scale=1)
             preset = gr.Dropdown([(f"{name}: {text}", name) for name, (text, _) in PRESETS.items()], value="uniform",
                                  label="Preset (fills the per-layer table)", elem_id="preset", scale=2)

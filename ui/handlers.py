@@ -229,7 +229,7 @@ class Explorer:
         return rows, plots.pareto(runs)
 
     def api_quantize(self, model: str = "tiny.en", method: str = "fade", bits: int = 4, group_size: int = 64,
-                     alpha: float = 0.5, seed: int = 0, layers_json: str = "", request: gr.Request = None) -> dict:
+                     alpha: float = 0.75, seed: int = 0, layers_json: str = "", request: gr.Request = None) -> dict:
         """Quantize a model; pass the returned run_id to /transcribe. layers_json: optional list of
         {"name", "bits", "group_size", "alpha", "action"} rows overriding single layers."""
         try:

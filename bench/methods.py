@@ -135,7 +135,9 @@ NOTES = {
                      "the same dynamic int8 model on torch's real int8 kernels is timed against faster-whisper "
                      "int8 in kernels.md. gq trains its centroids and latent weights on the calibration moments "
                      "(label-free). Rows with fewer than 5 seeds are unfinished (the bench resumes them). At 2 "
-                     "bits every method is broken on tiny.en (RTN and GQ transcribe next to nothing, GPTQ loops)."),
+                     "bits every method is broken on tiny.en (RTN transcribes next to nothing; GPTQ loops, and so did GQ on "
+                     "its third seed). The third gq 2b seed ran while the test suite shared the two cores (391 s; "
+                     "about 110 s alone), which inflates that row's quant s."),
 }
 
 

@@ -13,8 +13,6 @@ they run in the worker, where ``context`` is a dict that lives as long as the wo
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import multiprocessing as mp
 import threading
@@ -24,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import UserError
+from engine.memory import release_memory
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
@@ -65,22 +64,12 @@ def _worker_main(connection) -> None:
 
         try:
             result = TASKS[name](settings, progress, context)
-            _release_memory()
+            release_memory()  # the worker falls back from its high-water mark between jobs
             connection.send(("done", result))
         except UserError as exc:
             connection.send(("user_error", str(exc)))
         except Exception as exc:  # any failure of the job is reported to the caller, the worker lives on
             connection.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-
-
-def _release_memory() -> None:
-    """Hand a finished job's freed memory back to the system, so the worker's footprint falls between jobs
-    instead of staying at the high-water mark of the largest calibration pass (glibc keeps freed heap)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.layer_table import PRESETS
+from engine.memory import limit_malloc_arenas
 from engine.methods import METHODS
 from engine.models import DEFAULT_MODEL, available_models
 from ui.handlers import HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
@@ -114,6 +115,7 @@ def launch_options(explorer: Explorer) -> dict:
 
 
 def launch(host: str | None = None, port: int | None = None) -> None:
+    limit_malloc_arenas()  # before gradio starts its threads: memory stays flat over a long workshop
     explorer = Explorer()
     logging.getLogger(__name__).info("serving in %s mode", explorer.policy.mode)
     build_app(explorer).launch(

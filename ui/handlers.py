@@ -25,6 +25,7 @@ from engine.artifacts import load_quantized, prune_artifacts
 from engine.diagnostics import LayerRecord
 from engine.history import RunHistory
 from engine.jobs import JobCancelled, WorkerPool
+from engine.memory import release_memory
 from engine.layer_table import apply_overrides, apply_preset, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
@@ -173,13 +174,18 @@ class Explorer:
         with self.lock:
             self.results[run_id] = (loaded, summary)
             self.results.move_to_end(run_id)
+            evicted = len(self.results) > self.policy.kept_results
             while len(self.results) > self.policy.kept_results:
                 self.results.popitem(last=False)
+        if evicted:
+            release_memory()
 
     def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
         """Run (or reuse) a quantization in the worker; load the saved result for transcription."""
         summary = self._run_job("quantize", request, session, progress)
-        self._remember(summary["run_id"], load_quantized(summary["artifact"])[0], summary)
+        with self.lock:  # a repeat of a run still in memory: no second copy of the model
+            kept = self.results.get(summary["run_id"])
+        self._remember(summary["run_id"], kept[0] if kept else load_quantized(summary["artifact"])[0], summary)
         self.history.add(summary, session)
         with self.lock:
             in_memory = frozenset(self.results)

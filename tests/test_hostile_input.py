@@ -27,19 +27,16 @@ def one_sentence(exc: Exception) -> bool:
     return bool(text) and "\n" not in text and len(text) < 300
 
 
-def test_enormous_header_is_refused_before_decoding(tmp_path):
-    # A WAV header claiming ~4 GB of samples with 1 KB of data behind it.
-    body = np.zeros(512, np.int16).tobytes()
+def test_enormous_header_decodes_only_the_bytes_present(tmp_path):
+    # A WAV header claiming ~4 GB of samples with 1 KB of noise behind it: libsndfile trusts the file size
+    # over the header, so what decodes is the 512 samples that are there (no 4 GB allocation, no crash).
+    body = (np.random.default_rng(0).standard_normal(512) * 3000).astype(np.int16).tobytes()
     header = (b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVE" + b"fmt " +
               struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", 0xFFFFFF00))
     path = tmp_path / "huge-header.wav"
     path.write_bytes(header + body)
-    try:
-        audio = load_audio(path, max_seconds=600)
-    except AudioError as exc:
-        assert one_sentence(exc)
-    else:  # libsndfile trusts the file size over the header: what decodes is the 1 KB that is there
-        assert len(audio) <= 512
+    audio = load_audio(path, max_seconds=600)
+    assert len(audio) == 512 and np.abs(audio).max() > 0
 
 
 def test_an_hour_long_file_is_refused_from_its_header(tmp_path):

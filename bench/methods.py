@@ -7,7 +7,8 @@ run and reused on the next start (delete bench/results/methods.json to start ove
     python -m bench.methods [--bits 3 4] [--seeds 5] [--methods gptq qep fade] [--sources real sample]
 
 Exploring a design change: `--set act_order=true --out explore` runs the same table with extra method
-settings (labelled with them) into bench/results/explore.{json,md}.
+settings (labelled with them) into bench/results/explore.{json,md}. `--preset "encoder FFN 2-bit"` fills the
+layer table from a preset (mixed precision; the label names the preset).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from bench.common import RESULTS, speech, write_results
 from engine.evaluate import evaluate, load_dataset, mean_std
 from engine.experiment import build_calibration, calibration_clips
+from engine.layer_table import PRESETS, apply_preset, build_table
 from engine.methods import get_method, make_config
 from engine.models import load_model
 from engine.quantize import quantize
@@ -89,6 +91,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra method settings")
     parser.add_argument("--out", default="methods", help="results name under bench/results")
     parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--preset", default="uniform", choices=list(PRESETS),
+                        help="layer-table preset filled from --bits (mixed precision rows)")
     args = parser.parse_args(argv)
     extra = dict(parse_setting(s) for s in args.set)
 
@@ -105,6 +109,10 @@ def main(argv=None) -> dict:
         write_results(args.out, {"runs": runs}, markdown(runs, NOTES.get(args.out, "")))
 
     for label, config in variants(args.methods, args.bits, args.alphas, extra, args.group_size):
+        table = None
+        if args.preset != "uniform":
+            label = f"{label} [{args.preset}]"
+            table = apply_preset(build_table(loaded.model, config.bits, config.group_size), args.preset, config.bits)
         needs = get_method(config.method).uses_calibration(config)
         for source in args.sources if needs else ["none"]:
             for seed in range(args.seeds) if needs else [None]:
@@ -116,7 +124,7 @@ def main(argv=None) -> dict:
                     calibration = build_calibration(loaded, calibration_clips(sources[source], N_CALIB, seed, data))
                 peak_rss_reset()
                 start = time.perf_counter()
-                result = quantize(loaded, config, calibration)
+                result = quantize(loaded, config, calibration, layers=table)
                 seconds = time.perf_counter() - start
                 peak = peak_rss_mb()
                 report = evaluate(result.loaded, data)
@@ -134,10 +142,10 @@ NOTES = {
     "seed_methods": ("nf4 and w8a8 dynamic need no calibration (one run). W8A8 rows are simulated fixed point; "
                      "the same dynamic int8 model on torch's real int8 kernels is timed against faster-whisper "
                      "int8 in kernels.md. gq trains its centroids and latent weights on the calibration moments "
-                     "(label-free). Rows with fewer than 5 seeds are unfinished (the bench resumes them). At 2 "
-                     "bits every method is broken on tiny.en (RTN transcribes next to nothing; GPTQ loops, and so did GQ on "
-                     "its third seed). The third gq 2b seed ran while the test suite shared the two cores (391 s; "
-                     "about 110 s alone), which inflates that row's quant s."),
+                     "(label-free, damping 0.1). Rows with fewer than 5 seeds are unfinished (the bench resumes "
+                     "them). At 2 bits on every layer each method is broken on tiny.en (RTN transcribes next to "
+                     "nothing; GPTQ and GQ loop). Rows marked [encoder FFN 2-bit] use that layer-table preset: "
+                     "the encoder's feed-forward layers at 2 bits, every other layer at the row's bits."),
 }
 
 

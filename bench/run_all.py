@@ -14,6 +14,8 @@ from bench import foundation, fuzz_audio, kernels, load, methods, personalizatio
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
 SEED_METHOD_RUNS = (
     ["--methods", "rtn", "gptq", "gq", "--bits", "4", "3", "2", "--sources", "real"],
+    # Mixed precision: GQ's 2-bit rows where a user would put them, the encoder's feed-forward layers.
+    ["--methods", "rtn", "gptq", "gq", "--bits", "4", "--sources", "real", "--preset", "encoder FFN 2-bit"],
     ["--methods", "nf4", "--bits", "4"],
     ["--methods", "nf4", "--bits", "4", "--set", "double_quant=false"],
     ["--methods", "w8a8", "--bits", "8", "--group-size", "-1", "--sources", "real", "--set", "activations=static"],

@@ -41,11 +41,16 @@ def _quant_config(args: argparse.Namespace):
 
 
 def _layer_table(args: argparse.Namespace, loaded, config):
-    from engine.layer_table import apply_overrides, build_table, load_overrides
+    """The preset's table (if any), then the rows of --layers on top; None keeps the uniform default."""
+    from engine.layer_table import apply_overrides, apply_preset, build_table, load_overrides
 
-    if not args.layers:
+    preset = getattr(args, "preset", None)
+    if not args.layers and not preset:
         return None
-    return apply_overrides(build_table(loaded.model, config.bits, config.group_size), load_overrides(args.layers))
+    table = build_table(loaded.model, config.bits, config.group_size)
+    if preset:
+        table = apply_preset(table, preset, config.bits)
+    return apply_overrides(table, load_overrides(args.layers)) if args.layers else table
 
 
 def _calibration(args: argparse.Namespace, loaded, config, exclude=()):
@@ -183,7 +188,7 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--clip-search", action="store_true", default=None,
                    help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")
-    g.add_argument("--damping", type=float, help="GPTQ damping (fraction of mean diag H)")
+    g.add_argument("--damping", type=float, help="GPTQ and GQ damping (fraction of mean diag H)")
     g.add_argument("--qep-damping", type=float)
     g.add_argument("--block-size", type=int)
     g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
@@ -195,7 +200,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--lr", type=float, help="gq: learning rate of the centroids")
     g.add_argument("--activations", choices=("static", "dynamic"), help="w8a8: static ranges or per token")
     g.add_argument("--activation-bits", type=int, help="w8a8: bits of the quantized activations")
-    g.add_argument("--layers", help="layers.json with per-layer bits, group_size, alpha, action")
+    g.add_argument("--preset", help="fill the layer table from a preset (see `asrq methods`), e.g. 'encoder 8-bit'")
+    g.add_argument("--layers", help="layers.json with per-layer bits, group_size, alpha, action (on top of --preset)")
     g.add_argument("--calib", default=str(SAMPLE_DIR), help="calibration folder (default: sample_audio)")
     g.add_argument("--n-calib", type=int, default=32, help="calibration clips drawn by seed")
     g.add_argument("--seed", type=int, default=0, help="calibration draw")
@@ -237,12 +243,16 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
+    from engine.layer_table import PRESETS
     from engine.methods import METHODS
 
     for entry in METHODS.values():
         data = "calibration audio" if entry.needs_calibration else "no data"
         print(f"{entry.name:6s} {entry.summary} [{data}]")
     print("pqm    NF4 + per-speaker LoRA adapters: see `asrq personalize`")
+    print("\nLayer-table presets (--preset NAME):")
+    for name, (text, _) in PRESETS.items():
+        print(f"  {name!r}: {text}")
     return 0
 
 

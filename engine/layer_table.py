@@ -174,6 +174,10 @@ def _ends_8bit(row: LayerSpec, bits: int, blocks: dict) -> dict:
     return {"bits": 8} if first_or_last else {}
 
 
+def _encoder_ffn_2bit(row: LayerSpec, bits: int, blocks: dict) -> dict:
+    return {"bits": 2} if row.part == "encoder" and row.kind in ("fc1", "fc2") else {}
+
+
 def _drop_last_decoder_ffn(row: LayerSpec, bits: int, blocks: dict) -> dict:
     return {"action": "drop"} if row.part == "decoder" and row.block == blocks["decoder"] - 1 and row.kind in ("fc1", "fc2") else {}
 
@@ -183,6 +187,8 @@ PRESETS = {
     "encoder 8-bit": ("the acoustic encoder at 8 bits, the decoder at the chosen bits", _encoder_8bit),
     "decoder 8-bit": ("the language decoder at 8 bits, the encoder at the chosen bits", _decoder_8bit),
     "first and last blocks 8-bit": ("the most sensitive blocks at 8 bits", _ends_8bit),
+    "encoder FFN 2-bit": ("the encoder's feed-forward layers (29% of the block weights) at 2 bits, the rest at the chosen bits",
+                          _encoder_ffn_2bit),
     "drop last decoder FFN": ("remove the last decoder feed-forward branch (module removal)", _drop_last_decoder_ffn),
 }
 

@@ -88,3 +88,16 @@ def test_bad_layer_table_names_the_layer(tmp_path):
     assert out.returncode == 2
     assert "model.encoder.layers.0.fc1" in out.stderr and "bits" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_preset_fills_the_table_and_layers_edit_it(tmp_path):
+    layers = tmp_path / "layers.json"
+    layers.write_text(json.dumps([{"name": "model.decoder.layers.0.fc1", "bits": 8}]))
+    done = run("quantize", "--method", "rtn", "--bits", "4", "--preset", "encoder FFN 2-bit", "--layers", str(layers),
+               "--out", str(tmp_path / "mixed"), "--json")
+    assert done.returncode == 0, done.stderr
+    bits = {row["name"]: row["bits"] for row in json.loads(done.stdout)["per_layer"]}
+    assert bits["model.encoder.layers.2.fc2"] == 2 and bits["model.encoder.layers.2.fc1"] == 2
+    assert bits["model.decoder.layers.0.fc1"] == 8 and bits["model.encoder.layers.2.self_attn.q_proj"] == 4
+    unknown = run("quantize", "--method", "rtn", "--preset", "everything at 1 bit", "--out", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "Unknown preset" in unknown.stderr and not (tmp_path / "x").exists()

@@ -12,7 +12,7 @@ from engine.formats import IntFormat, rtn_quantize
 from engine.layer_table import LayerSpec, LayerTableError
 from engine.methods import get_method, make_config
 from engine.methods.gq import mu_law_levels, train_codebook
-from engine.methods.moments import output_error
+from engine.methods.moments import LayerStats, output_error
 from tests.test_methods import layer_setup
 
 
@@ -94,6 +94,24 @@ def test_gq_output_error_below_rtn_at_the_same_width(bits):
     gq = get_method("gq").quantize_layer(w, stats, spec, make_config("gq", bits=bits, group_size=32))
     rtn = rtn_quantize(w, IntFormat(bits, 32))
     assert output_error(w, gq.quantized.dequantize(), m) < output_error(w, rtn.dequantize(), m)
+
+
+def test_gq_damping_trades_calibration_fit_for_weight_fidelity():
+    # 24 calibration tokens for 64 inputs, as the decoder's wide layers see fewer tokens than inputs. Damping
+    # adds lam ||W - Q||^2 to the output-error loss, as GPTQ's damping does: the result stays closer to W
+    # and fits the few calibration tokens a little less tightly.
+    w, x, x_hat, _, _ = layer_setup(seed=4, d_in=64, d_out=32)
+    few = LayerStats(64, splits=2)
+    few.add_batch(x[:12], x_hat[:12], split=0)
+    few.add_batch(x[12:24], x_hat[12:24], split=1)
+    spec = LayerSpec("model.decoder.layers.0.fc2", "decoder", 0, "fc2", 32, 64, bits=3, group_size=32)
+    weight_error, calibration_error = {}, {}
+    for damping in (0.0, 0.1):
+        config = make_config("gq", bits=3, group_size=32, damping=damping)
+        q = get_method("gq").quantize_layer(w, few, spec, config).quantized.dequantize()
+        weight_error[damping] = float((q - w).norm() / w.norm())
+        calibration_error[damping] = output_error(w, q, few.moments())
+    assert weight_error[0.1] < weight_error[0.0] and calibration_error[0.1] > calibration_error[0.0]
 
 
 def test_one_bit_rows_need_a_codebook_method():

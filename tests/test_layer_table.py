@@ -118,6 +118,11 @@ def test_presets_fill_the_table_and_unknown_presets_are_refused(tiny):
     assert {r.block for r in ends if r.bits == 8} == {0, 3}
     dropped = apply_preset(table, "drop last decoder FFN", 3)
     assert [r.name for r in dropped if r.action == "drop"] == ["model.decoder.layers.3.fc1", "model.decoder.layers.3.fc2"]
-    assert apply_preset(table, "uniform", 3) == table and len(PRESETS) == 5
+    low = apply_preset(table, "encoder FFN 2-bit", 4)
+    two = [r for r in low if r.bits == 2]
+    assert {(r.part, r.kind) for r in two} == {("encoder", "fc1"), ("encoder", "fc2")} and len(two) == 8
+    share = sum(r.in_features * r.out_features for r in two) / sum(r.in_features * r.out_features for r in low)
+    assert 0.28 < share < 0.30  # the share the preset's description states
+    assert apply_preset(table, "uniform", 3) == table and len(PRESETS) == 6
     with pytest.raises(LayerTableError, match="Unknown preset"):
         apply_preset(table, "everything at 1 bit", 3)

@@ -10,9 +10,11 @@ The paper's mu, parameterization and schedule are not published; ours (engine/co
      tau anneals geometrically from tau_start * delta^2 to tau_end * delta^2 (delta = 2 / (K - 1), the
      initial mean level spacing), so the assignment ends near-hard; no regularizer. Adam on the centroids,
      each step on a random subset of the layer's output rows (rows_per_step).
-  4. Loss, label-free: distillation of the layer's full-precision output from the quantized model's inputs,
-     ||W X - W~ X^||^2 / ||W X||^2, exact from the calibration moments of the two-stream pass (the same
-     pass as GPTQ/QEP), so training costs milliseconds per step instead of backpropagating the model.
+  4. Loss, label-free: distillation of the layer's full-precision output on the quantized model's inputs,
+     ||(W - W~) X^||^2 / ||W X^||^2 (target "local"; "fp" distils W X instead), exact from the calibration
+     moments of the two-stream pass (the same pass as GPTQ/QEP), so a step costs a few matrix products
+     instead of a backward pass through the model. Damped like GPTQ's Hessian: + lam ||W - W~||^2 with
+     lam = damping * mean(diag H^) (damping 0.1; our addition, see engine/config.py).
   5. With train_weights (default), the normalized weights are latent parameters trained too (QAT-style,
      as the paper trains the model with its quantizer in the loop); the block scales stay those of W.
   6. Hard codes: each (latent) weight snaps to its nearest trained centroid; the layer ships codes, scales
@@ -65,8 +67,13 @@ def train_codebook(w: torch.Tensor, m: Moments, n_levels: int, block_size: int,
         # Loss = (ref - 2 tr(W C Q^T) + tr(Q H^ Q^T)) / ref, a sum over output rows. "local": the target is
         # W X^ itself, i.e. Hx and C both become H^.
         hx, cross = (m.hx, m.cross) if config.target == "fp" else (m.hq, m.hq)
-        ref_rows = (w @ hx.float() * w).sum(dim=1)
-        w_cross = w @ cross.float()
+        # Damping adds lam ||W - Q||^2 (lam = damping * mean diag H^), as GPTQ damps its Hessian: the decoder's
+        # wide layers see fewer tokens than inputs, so their loss is nearly flat in many directions, where
+        # Adam's normalized steps are still full-size.
+        eye = torch.eye(hq.shape[0], dtype=hq.dtype) * (config.damping * float(hq.diagonal().mean()))
+        hq, hx, cross = hq + eye, hx.float() + eye, cross.float() + eye
+        ref_rows = (w @ hx * w).sum(dim=1)
+        w_cross = w @ cross
         scales_r = scales.clone().reshape(out_features, -1, 1)
         x = (blocks.clone() / scales).reshape(out_features, -1, blocks.shape[1])
         levels = levels0.clone().requires_grad_(True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.common import RESULTS, speech, write_results
 from engine.evaluate import evaluate, load_dataset, mean_std
 from engine.experiment import build_calibration, calibration_clips
-from engine.layer_table import PRESETS, apply_preset, build_table
+from engine.layer_table import PRESETS, preset_table
 from engine.methods import get_method, make_config
 from engine.models import load_model
 from engine.quantize import quantize
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
         table = None
         if args.preset != "uniform":
             label = f"{label} [{args.preset}]"
-            table = apply_preset(build_table(loaded.model, config.bits, config.group_size), args.preset, config.bits)
+            table = preset_table(loaded.model, args.preset, config.bits, config.group_size)
         needs = get_method(config.method).uses_calibration(config)
         for source in args.sources if needs else ["none"]:
             for seed in range(args.seeds) if needs else [None]:
@@ -145,7 +145,9 @@ NOTES = {
                      "(label-free, damping 0.1). Rows with fewer than 5 seeds are unfinished (the bench resumes "
                      "them). At 2 bits on every layer each method is broken on tiny.en (RTN transcribes next to "
                      "nothing; GPTQ and GQ loop). Rows marked [encoder FFN 2-bit] use that layer-table preset: "
-                     "the encoder's feed-forward layers at 2 bits, every other layer at the row's bits."),
+                     "the encoder's feed-forward layers at 2 bits, every other layer at the row's bits. Its third gq "
+                     "seed ran while tests shared the two cores (237 s against about 150 s alone), which inflates "
+                     "that row's quant s. Undamped gq rows (the previous default) are in explore.md."),
 }
 
 

@@ -41,15 +41,12 @@ def _quant_config(args: argparse.Namespace):
 
 
 def _layer_table(args: argparse.Namespace, loaded, config):
-    """The preset's table (if any), then the rows of --layers on top; None keeps the uniform default."""
-    from engine.layer_table import apply_overrides, apply_preset, build_table, load_overrides
+    """The preset's table, then the rows of --layers on top; None keeps the uniform default."""
+    from engine.layer_table import apply_overrides, load_overrides, preset_table
 
-    preset = getattr(args, "preset", None)
-    if not args.layers and not preset:
+    if not args.layers and not args.preset:
         return None
-    table = build_table(loaded.model, config.bits, config.group_size)
-    if preset:
-        table = apply_preset(table, preset, config.bits)
+    table = preset_table(loaded.model, args.preset or "uniform", config.bits, config.group_size)
     return apply_overrides(table, load_overrides(args.layers)) if args.layers else table
 
 

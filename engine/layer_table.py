@@ -202,3 +202,8 @@ def apply_preset(table: list[LayerSpec], name: str, bits: int) -> list[LayerSpec
     for row in out:
         row.validate()
     return out
+
+
+def preset_table(model: nn.Module, name: str, bits: int, group_size: int) -> list[LayerSpec]:
+    """The default table at bits/group_size with the named preset applied (what the page and CLI start from)."""
+    return apply_preset(build_table(model, bits, group_size), name, bits)

@@ -26,7 +26,7 @@ from engine.diagnostics import LayerRecord
 from engine.history import RunHistory
 from engine.jobs import JobCancelled, WorkerPool
 from engine.memory import release_memory
-from engine.layer_table import apply_overrides, apply_preset, build_table
+from engine.layer_table import apply_overrides, build_table, preset_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
 from engine.models import available_models
@@ -100,8 +100,7 @@ class Explorer:
     # ---------------------------------------------------------------- layer table
     def layer_rows(self, model_name: str, bits: int, group_size: int, preset: str = "uniform") -> list[list]:
         try:
-            table = build_table(self.models.get(model_name).model, int(bits), int(group_size))
-            table = apply_preset(table, preset or "uniform", int(bits))
+            table = preset_table(self.models.get(model_name).model, preset or "uniform", int(bits), int(group_size))
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
         return [[r.name, r.part, r.kind, f"{r.out_features}x{r.in_features}", r.bits, r.group_size,

@@ -63,15 +63,15 @@ def train_codebook(w: torch.Tensor, m: Moments, n_levels: int, block_size: int,
     with torch.inference_mode(False), torch.enable_grad():
         w = w.detach().clone().float()
         out_features = w.shape[0]
-        hq = m.hq.detach().clone().float()
         # Loss = (ref - 2 tr(W C Q^T) + tr(Q H^ Q^T)) / ref, a sum over output rows. "local": the target is
         # W X^ itself, i.e. Hx and C both become H^.
-        hx, cross = (m.hx, m.cross) if config.target == "fp" else (m.hq, m.hq)
         # Damping adds lam ||W - Q||^2 (lam = damping * mean diag H^), as GPTQ damps its Hessian: the decoder's
         # wide layers see fewer tokens than inputs, so their loss is nearly flat in many directions, where
         # Adam's normalized steps are still full-size.
-        eye = torch.eye(hq.shape[0], dtype=hq.dtype) * (config.damping * float(hq.diagonal().mean()))
-        hq, hx, cross = hq + eye, hx.float() + eye, cross.float() + eye
+        hq = m.hq.detach().float()
+        eye = torch.eye(hq.shape[0]) * (config.damping * float(hq.diagonal().mean()))
+        hq = hq + eye
+        hx, cross = (m.hx.detach().float() + eye, m.cross.detach().float() + eye) if config.target == "fp" else (hq, hq)
         ref_rows = (w @ hx * w).sum(dim=1)
         w_cross = w @ cross
         scales_r = scales.clone().reshape(out_features, -1, 1)

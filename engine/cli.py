@@ -171,7 +171,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "qep_damping", "base",
-                  "double_quant", "mu", "steps", "lr", "activations", "activation_bits", "clip_search")
+                  "double_quant", "mu", "steps", "lr", "distill_steps", "activations", "activation_bits",
+                  "clip_search")
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -195,6 +196,7 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--mu", type=float, help="gq: mu-law companding of the initial centroids")
     g.add_argument("--steps", type=int, help="gq: training steps per layer")
     g.add_argument("--lr", type=float, help="gq: learning rate of the centroids")
+    g.add_argument("--distill-steps", type=int, help="gq: end-to-end distillation steps after the layer-wise stage (0: none)")
     g.add_argument("--activations", choices=("static", "dynamic"), help="w8a8: static ranges or per token")
     g.add_argument("--activation-bits", type=int, help="w8a8: bits of the quantized activations")
     g.add_argument("--preset", help="fill the layer table from a preset (see `asrq methods`), e.g. 'encoder 8-bit'")

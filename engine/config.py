@@ -139,6 +139,13 @@ class GQConfig(QuantConfig):
     # wide layers see fewer calibration tokens than inputs. Measured: 4-bit draws 15.3/15.3/15.3/14.7/12.8% where
     # the undamped loss gave 15.2/14.9/25.4% (docs/methods.md, "General Quantizer").
     damping: float = 0.1
+    # Second stage (engine/methods/distill.py): all layers' latent weights and centroids trained together so
+    # the quantized model's next-token distribution on the calibration clips matches the full-precision
+    # model's (KL, hard codes forward, straight-through backward). 0 steps: layer-wise only.
+    distill_steps: int = 30
+    distill_lr: float = 5e-4  # latent weights, in units of the block scale
+    distill_levels_lr: float = 2e-4  # centroids
+    distill_batch: int = 4  # calibration clips per step
 
     method = "gq"
 
@@ -152,6 +159,10 @@ class GQConfig(QuantConfig):
         _check(self.target in ("local", "fp"), f"target must be local or fp, not {self.target!r}.")
         _check(0 <= self.damping <= 10, f"damping must be between 0 and 10, not {self.damping}.")
         _check(0 < self.tau_end <= self.tau_start, f"need 0 < tau_end <= tau_start, not {self.tau_end}, {self.tau_start}.")
+        _check(0 <= self.distill_steps <= 10000, f"distillation steps must be between 0 and 10000, not {self.distill_steps}.")
+        _check(0 <= self.distill_lr <= 1 and 0 <= self.distill_levels_lr <= 1,
+               f"distillation learning rates must be in [0, 1], not {self.distill_lr}, {self.distill_levels_lr}.")
+        _check(self.distill_batch >= 1, f"distillation batch must be at least 1 clip, not {self.distill_batch}.")
 
 
 @dataclass(frozen=True)

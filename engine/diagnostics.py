@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -55,3 +55,16 @@ def record_for(spec: LayerSpec, w: torch.Tensor, outcome: LayerOutcome | None, s
         uncorrected = output_error(w, outcome.uncorrected.dequantize(), m)
     return LayerRecord(**common, input_drift=input_drift(m), local_error=local_error(w, q, m),
                        output_error=output_error(w, q, m), output_error_uncorrected=uncorrected)
+
+
+def refined_record(record: LayerRecord, w: torch.Tensor, quantized) -> LayerRecord:
+    """A record after a model-level refine step changed the layer's codes (GQ's end-to-end distillation).
+
+    The weight error is the final one; the moments are gone by then, so the input drift and the local and
+    output errors stay those of the layer-wise stage, and the notes say so."""
+    q = quantized.dequantize()
+    weight_error = float((w - q).norm() / w.norm()) if w.norm() > 0 else 0.0
+    notes = {**(record.notes or {}), "distilled": True, "weight_error_layerwise": record.weight_error}
+    if "levels" in notes:  # a learned codebook: show the centroids that ship
+        notes["levels_layerwise"], notes["levels"] = notes["levels"], quantized.levels.tolist()[:16]
+    return replace(record, weight_error=weight_error, notes=notes)

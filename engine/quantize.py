@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.calibration import BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
 from engine.config import QuantConfig
-from engine.diagnostics import LayerRecord, record_for
+from engine.diagnostics import LayerRecord, record_for, refined_record
 from engine.errors import UserError
 from engine.layer_table import LayerSpec, build_table, linear_layers
 from engine.methods import QuantizedWeight, get_method
@@ -107,7 +107,10 @@ def quantize(
     specs = {row.name: row for row in table}
     dropped = _apply_drops(model, table)
     tensors: dict[str, QuantizedWeight] = {}
+    targets: dict[str, torch.Tensor] = {}  # what each layer's codes round, kept only for a refine step
     records: dict[str, LayerRecord] = {}
+    # A refine step gets the second half of the progress bar.
+    pass_progress = (lambda f, msg: progress(f / 2, msg)) if method.refine else progress
 
     def quantize_layer(name: str, layer: nn.Linear, stats: LayerStats | None) -> None:
         spec = specs[name]
@@ -117,6 +120,8 @@ def quantize(
             return
         outcome = method.quantize_layer(w, stats, spec, config)
         tensors[name] = outcome.quantized
+        if method.refine:
+            targets[name] = outcome.target
         with torch.no_grad():
             layer.weight.copy_(outcome.quantized.dequantize())
         records[name] = record_for(spec, w, outcome, stats)
@@ -130,15 +135,22 @@ def quantize(
             for name, layer in group.items():
                 quantize_layer(name, layer, stats[name])
 
-        runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=progress)
+        runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=pass_progress)
         runner.run(on_group)
         block_records = runner.block_records
     else:
         for i, (name, layer) in enumerate(linears.items()):
             quantize_layer(name, layer, None)
-            progress((i + 1) / len(linears), f"layer {i + 1}/{len(linears)}")
+            pass_progress((i + 1) / len(linears), f"layer {i + 1}/{len(linears)}")
         block_records = []
     _round_other_parameters_to_fp16(model, set(tensors))
+    if method.refine and calibration is not None and tensors:
+        refined = method.refine(model, loaded, calibration, tensors, targets, config,
+                                lambda f, msg: progress(0.5 + f / 2, msg))
+        tensors.update(refined)
+        for name, quantized in refined.items():
+            records[name] = refined_record(records[name], loaded.model.get_submodule(name).weight, quantized)
+        targets.clear()
     activations = method.finalize(model, config, calibration, loaded) if method.finalize else {}
     result = QuantizationResult(
         loaded=replace(loaded, model=model.eval()),

@@ -127,11 +127,12 @@ def test_gq_trains_centroids_per_layer_including_one_and_two_bit_rows(tiny, cali
         {"name": "model.encoder.layers.1.fc1", "bits": 2},
         {"name": "model.encoder.layers.2.fc2", "bits": 1},
     ])
-    result = quantize(tiny, GQConfig(bits=4, steps=20), calibration, layers=table)
+    result = quantize(tiny, GQConfig(bits=4, steps=20, distill_steps=2, distill_batch=2), calibration, layers=table)
     one_bit = result.tensors["model.encoder.layers.2.fc2"]
     assert one_bit.bits == 1 and len(one_bit.levels) == 2 and set(one_bit.codes.unique().tolist()) <= {0, 1}
     record = {r.name: r for r in result.layer_records}["model.encoder.layers.1.fc1"]
     assert record.notes["levels"] != record.notes["levels_initial"]  # the centroids moved
+    assert record.notes["distilled"] and record.weight_error != record.notes["weight_error_layerwise"]
     # Still a speech recognizer with a 1-bit and a 2-bit layer inside (the WER table is in the benchmark).
     assert sum(len(t.split()) for t in transcribe(result.loaded, demo_audio)) > 8
     _round_trip(result, demo_audio, tmp_path / "gq")

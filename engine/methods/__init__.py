@@ -2,8 +2,9 @@
 
 A per-layer quantizer takes the full-precision weight, the layer's calibration moments (None for methods
 that need no calibration and were given none), its table row and the method config, and returns a
-LayerOutcome. A method may also register a ``finalize`` step that runs once on the whole quantized model
-(W8A8 attaches its activation quantizers there). Implementations register themselves with @register in
+LayerOutcome. A method may also register a ``refine`` step that retrains the quantized layers together once
+the layer-wise pass is done (GQ's end-to-end distillation) and a ``finalize`` step that runs once on the
+whole quantized model (W8A8 attaches its activation quantizers there). Implementations register themselves with @register in
 their own modules.
 """
 
@@ -37,6 +38,8 @@ class LayerOutcome:
 LayerQuantizer = Callable[[torch.Tensor, LayerStats | None, LayerSpec, QuantConfig], LayerOutcome]
 # finalize(model, config, calibration, loaded) -> settings to store with the result (and reapply on load)
 Finalizer = Callable[..., dict]
+# refine(model, loaded, calibration, tensors, targets, config, progress) -> new tensors for (some of) the layers
+Refiner = Callable[..., dict]
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class MethodEntry:
     calibration: bool | Callable[[QuantConfig], bool]  # a config-dependent answer for methods with modes
     summary: str
     finalize: Finalizer | None = None
-    needs_moments: bool = True  # per-layer moments from the two-stream pass (False: calibration used elsewhere)
+    needs_moments: bool = True
+    refine: Refiner | None = None  # per-layer moments from the two-stream pass (False: calibration used elsewhere)
 
     @property
     def needs_calibration(self) -> bool:
@@ -62,10 +66,10 @@ METHODS: dict[str, MethodEntry] = {}
 
 
 def register(config_cls: type[QuantConfig], needs_calibration: bool | Callable[[QuantConfig], bool], summary: str,
-             finalize: Finalizer | None = None, needs_moments: bool = True):
+             finalize: Finalizer | None = None, needs_moments: bool = True, refine: Refiner | None = None):
     def decorator(fn: LayerQuantizer) -> LayerQuantizer:
         METHODS[config_cls.method] = MethodEntry(config_cls.method, config_cls, fn, needs_calibration, summary,
-                                                 finalize, needs_moments)
+                                                 finalize, needs_moments, refine)
         return fn
 
     return decorator

@@ -19,19 +19,31 @@ The paper's mu, parameterization and schedule are not published; ours (engine/co
      as the paper trains the model with its quantizer in the loop); the block scales stay those of W.
   6. Hard codes: each (latent) weight snaps to its nearest trained centroid; the layer ships codes, scales
      and the K centroids (float16).
+  7. End-to-end distillation (distill_steps > 0, engine/methods/distill.py): the latent weights and
+     centroids of all layers are then trained together on the KL divergence between the full-precision
+     and the quantized model's next-token distributions on the calibration clips (still label-free), hard
+     codes forward and straight-through backward: "distillation from the full-precision model's outputs".
 Above 6 bits (K > 64) the soft assignment's memory (weights x K) is not worth it: codes snap to the
-initial centroids without training.
+initial centroids without training (and the distillation leaves those layers alone).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from engine.codebook import block_view, codebook_quantize
+import torch
+from torch import nn
+
+from engine.codebook import CodebookTensor, block_view, codebook_quantize
 from engine.config import GQConfig
 from engine.layer_table import LayerSpec
 from engine.methods import LayerOutcome, register
+from engine.methods.distill import DistillSettings, TrainableCodebook, distill_codebooks
 from engine.methods.moments import LayerStats, Moments
+
+if TYPE_CHECKING:  # annotations only: engine.calibration imports the method registry
+    from engine.calibration import CalibrationData
+    from engine.models import LoadedModel
 
 MAX_TRAINED_LEVELS = 64
 
@@ -100,7 +112,20 @@ def train_codebook(w: torch.Tensor, m: Moments, n_levels: int, block_size: int,
     return torch.sort(levels.detach())[0], latent, scales
 
 
-@register(GQConfig, needs_calibration=True, summary="learned mu-law centroids per layer, soft-to-hard (label-free)")
+def distill_gq(model: nn.Module, loaded: LoadedModel, calibration: CalibrationData, tensors: dict,
+               targets: dict[str, torch.Tensor], config: GQConfig, progress) -> dict[str, CodebookTensor]:
+    """Second stage: train every trained-codebook layer of the quantized model end to end (see distill.py)."""
+    if config.distill_steps == 0:
+        return {}
+    layers = {name: TrainableCodebook.of(tensors[name], targets[name]) for name in tensors
+              if 2 ** tensors[name].bits <= MAX_TRAINED_LEVELS}
+    settings = DistillSettings(config.distill_steps, config.distill_lr, config.distill_levels_lr,
+                               min(config.distill_batch, calibration.n_clips))
+    return distill_codebooks(model, loaded.model, calibration, layers, settings, loaded.tokens.end_of_text, progress)
+
+
+@register(GQConfig, needs_calibration=True, summary="learned mu-law centroids per layer, soft-to-hard, then distilled end to end (label-free)",
+          refine=distill_gq)
 def quantize_gq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GQConfig) -> LayerOutcome:
     levels, latent, scales = train_codebook(w, stats.moments(), 2**spec.bits, spec.group_size, config)
     # Hard codes: each (latent) weight snaps to its nearest trained centroid, on the original block scales.
@@ -109,4 +134,5 @@ def quantize_gq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GQC
     initial = mu_law_levels(2**spec.bits, config.mu)
     notes = {"levels_initial": initial.tolist()[:16], "levels": quantized.levels.tolist()[:16],
              "centroid_shift": float((quantized.levels - initial).abs().mean())}
-    return LayerOutcome(quantized, w, notes=notes)
+    # The target is the latent weight the codes round: where the end-to-end stage picks up.
+    return LayerOutcome(quantized, w if latent is None else latent, notes=notes)

@@ -141,13 +141,17 @@ NOTES = {
     "methods": "",
     "seed_methods": ("nf4 and w8a8 dynamic need no calibration (one run). W8A8 rows are simulated fixed point; "
                      "the same dynamic int8 model on torch's real int8 kernels is timed against faster-whisper "
-                     "int8 in kernels.md. gq trains its centroids and latent weights on the calibration moments "
-                     "(label-free, damping 0.1). Rows with fewer than 5 seeds are unfinished (the bench resumes "
-                     "them). At 2 bits on every layer each method is broken on tiny.en (RTN transcribes next to "
-                     "nothing; GPTQ and GQ loop). Rows marked [encoder FFN 2-bit] use that layer-table preset: "
-                     "the encoder's feed-forward layers at 2 bits, every other layer at the row's bits. Its third gq "
-                     "seed ran while tests shared the two cores (237 s against about 150 s alone), which inflates "
-                     "that row's quant s. Undamped gq rows (the previous default) are in explore.md."),
+                     "int8 in kernels.md. gq trains its centroids and latent weights layer by layer on the "
+                     "calibration moments (label-free, damping 0.1). 'gq distill_steps=30' rows add the optional "
+                     "second stage: the whole model distilled end to end for 30 steps (KL to the full-precision "
+                     "model's next-token distribution); their peak RSS rose run after run in one process "
+                     "(3.5 GB for the first). Rows with fewer "
+                     "than 5 seeds are unfinished (the bench resumes them). At 2 bits on every layer each method is "
+                     "broken on tiny.en (RTN transcribes next to nothing; GPTQ and GQ loop). Rows marked [encoder "
+                     "FFN 2-bit] use that layer-table preset: the encoder's feed-forward layers at 2 bits, every "
+                     "other layer at the row's bits. The third seed of 'gq 4b [encoder FFN 2-bit]' "
+                     "ran while tests shared the two cores (237 s against about 150 s alone), which inflates that "
+                     "row's quant s. Undamped gq rows are in explore.md."),
 }
 
 

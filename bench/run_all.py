@@ -14,11 +14,10 @@ from bench import foundation, fuzz_audio, kernels, load, methods, personalizatio
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
 SEED_METHOD_RUNS = (
     ["--methods", "rtn", "gptq", "gq", "--bits", "4", "3", "2", "--sources", "real"],
-    # GQ's layer-wise stage alone (no end-to-end distillation), to show what the second stage adds.
-    ["--methods", "gq", "--bits", "4", "3", "2", "--sources", "real", "--set", "distill_steps=0"],
+    # GQ with its optional end-to-end distillation stage, against the layer-wise default above.
+    ["--methods", "gq", "--bits", "4", "3", "--sources", "real", "--set", "distill_steps=30"],
     # Mixed precision: GQ's 2-bit rows where a user would put them, the encoder's feed-forward layers.
     ["--methods", "rtn", "gptq", "gq", "--bits", "4", "--sources", "real", "--preset", "encoder FFN 2-bit"],
-    ["--methods", "gq", "--bits", "4", "--sources", "real", "--preset", "encoder FFN 2-bit", "--set", "distill_steps=0"],
     ["--methods", "nf4", "--bits", "4"],
     ["--methods", "nf4", "--bits", "4", "--set", "double_quant=false"],
     ["--methods", "w8a8", "--bits", "8", "--group-size", "-1", "--sources", "real", "--set", "activations=static"],

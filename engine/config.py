@@ -139,10 +139,11 @@ class GQConfig(QuantConfig):
     # wide layers see fewer calibration tokens than inputs. Measured: 4-bit draws 15.3/15.3/15.3/14.7/12.8% where
     # the undamped loss gave 15.2/14.9/25.4% (docs/methods.md, "General Quantizer").
     damping: float = 0.1
-    # Second stage (engine/methods/distill.py): all layers' latent weights and centroids trained together so
-    # the quantized model's next-token distribution on the calibration clips matches the full-precision
-    # model's (KL, hard codes forward, straight-through backward). 0 steps: layer-wise only.
-    distill_steps: int = 30
+    # Optional second stage (engine/methods/distill.py): all layers' latent weights and centroids trained
+    # together so the quantized model's next-token distribution on the calibration clips matches the
+    # full-precision model's (KL, hard codes forward, straight-through backward). Off by default: with 30
+    # steps it rescued a looping 3-bit draw but made a good 4-bit draw loop (bench/results/seed_methods.md).
+    distill_steps: int = 0
     distill_lr: float = 5e-4  # latent weights, in units of the block scale
     distill_levels_lr: float = 2e-4  # centroids
     distill_batch: int = 4  # calibration clips per step

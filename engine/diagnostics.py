@@ -62,7 +62,7 @@ def refined_record(record: LayerRecord, w: torch.Tensor, quantized) -> LayerReco
 
     The weight error is the final one; the moments are gone by then, so the input drift and the local and
     output errors stay those of the layer-wise stage, and the notes say so."""
-    q = quantized.dequantize()
+    w, q = w.detach(), quantized.dequantize()
     weight_error = float((w - q).norm() / w.norm()) if w.norm() > 0 else 0.0
     notes = {**(record.notes or {}), "distilled": True, "weight_error_layerwise": record.weight_error}
     if "levels" in notes:  # a learned codebook: show the centroids that ship

@@ -109,8 +109,9 @@ def quantize(
     tensors: dict[str, QuantizedWeight] = {}
     targets: dict[str, torch.Tensor] = {}  # what each layer's codes round, kept only for a refine step
     records: dict[str, LayerRecord] = {}
+    refining = method.refines_with(config) and calibration is not None
     # A refine step gets the second half of the progress bar.
-    pass_progress = (lambda f, msg: progress(f / 2, msg)) if method.refine else progress
+    pass_progress = (lambda f, msg: progress(f / 2, msg)) if refining else progress
 
     def quantize_layer(name: str, layer: nn.Linear, stats: LayerStats | None) -> None:
         spec = specs[name]
@@ -120,7 +121,7 @@ def quantize(
             return
         outcome = method.quantize_layer(w, stats, spec, config)
         tensors[name] = outcome.quantized
-        if method.refine:
+        if refining:
             targets[name] = outcome.target
         with torch.no_grad():
             layer.weight.copy_(outcome.quantized.dequantize())
@@ -144,7 +145,7 @@ def quantize(
             pass_progress((i + 1) / len(linears), f"layer {i + 1}/{len(linears)}")
         block_records = []
     _round_other_parameters_to_fp16(model, set(tensors))
-    if method.refine and calibration is not None and tensors:
+    if refining and tensors:
         refined = method.refine(model, loaded, calibration, tensors, targets, config,
                                 lambda f, msg: progress(0.5 + f / 2, msg))
         tensors.update(refined)

@@ -84,3 +84,13 @@ def test_distillation_lowers_the_kl_to_the_full_precision_model_and_keeps_codes_
     assert len(q.levels) == 4 and q.codes.max() <= 3
     # The caller's requires_grad flags come back (Whisper's position embeddings are frozen to begin with).
     assert [p.requires_grad for p in student.parameters()] == [p.requires_grad for p in teacher.parameters()]
+
+
+def test_gq_refines_only_when_distillation_steps_are_asked_for():
+    from engine.config import GQConfig
+    from engine.methods import get_method
+
+    gq = get_method("gq")
+    assert not gq.refines_with(GQConfig())  # off by default (bench/results/seed_methods.md)
+    assert gq.refines_with(GQConfig(distill_steps=3))
+    assert not get_method("gptq").refines_with(get_method("gptq").config_cls())

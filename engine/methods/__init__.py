@@ -50,8 +50,12 @@ class MethodEntry:
     calibration: bool | Callable[[QuantConfig], bool]  # a config-dependent answer for methods with modes
     summary: str
     finalize: Finalizer | None = None
-    needs_moments: bool = True
-    refine: Refiner | None = None  # per-layer moments from the two-stream pass (False: calibration used elsewhere)
+    needs_moments: bool = True  # per-layer moments from the two-stream pass (False: calibration used elsewhere)
+    refine: Refiner | None = None
+    refines: Callable[[QuantConfig], bool] = lambda config: True  # whether refine runs with these settings
+
+    def refines_with(self, config: QuantConfig) -> bool:
+        return self.refine is not None and self.refines(config)
 
     @property
     def needs_calibration(self) -> bool:
@@ -66,10 +70,11 @@ METHODS: dict[str, MethodEntry] = {}
 
 
 def register(config_cls: type[QuantConfig], needs_calibration: bool | Callable[[QuantConfig], bool], summary: str,
-             finalize: Finalizer | None = None, needs_moments: bool = True, refine: Refiner | None = None):
+             finalize: Finalizer | None = None, needs_moments: bool = True, refine: Refiner | None = None,
+             refines: Callable[[QuantConfig], bool] = lambda config: True):
     def decorator(fn: LayerQuantizer) -> LayerQuantizer:
         METHODS[config_cls.method] = MethodEntry(config_cls.method, config_cls, fn, needs_calibration, summary,
-                                                 finalize, needs_moments, refine)
+                                                 finalize, needs_moments, refine, refines)
         return fn
 
     return decorator

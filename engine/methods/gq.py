@@ -19,8 +19,8 @@ The paper's mu, parameterization and schedule are not published; ours (engine/co
      as the paper trains the model with its quantizer in the loop); the block scales stay those of W.
   6. Hard codes: each (latent) weight snaps to its nearest trained centroid; the layer ships codes, scales
      and the K centroids (float16).
-  7. End-to-end distillation (distill_steps > 0, engine/methods/distill.py): the latent weights and
-     centroids of all layers are then trained together on the KL divergence between the full-precision
+  7. Optional end-to-end distillation (distill_steps > 0, off by default; engine/methods/distill.py): the
+     latent weights and centroids of all layers are then trained together on the KL divergence between the full-precision
      and the quantized model's next-token distributions on the calibration clips (still label-free), hard
      codes forward and straight-through backward: "distillation from the full-precision model's outputs".
 Above 6 bits (K > 64) the soft assignment's memory (weights x K) is not worth it: codes snap to the
@@ -115,8 +115,6 @@ def train_codebook(w: torch.Tensor, m: Moments, n_levels: int, block_size: int,
 def distill_gq(model: nn.Module, loaded: LoadedModel, calibration: CalibrationData, tensors: dict,
                targets: dict[str, torch.Tensor], config: GQConfig, progress) -> dict[str, CodebookTensor]:
     """Second stage: train every trained-codebook layer of the quantized model end to end (see distill.py)."""
-    if config.distill_steps == 0:
-        return {}
     layers = {name: TrainableCodebook.of(tensors[name], targets[name]) for name in tensors
               if 2 ** tensors[name].bits <= MAX_TRAINED_LEVELS}
     settings = DistillSettings(config.distill_steps, config.distill_lr, config.distill_levels_lr,
@@ -124,8 +122,9 @@ def distill_gq(model: nn.Module, loaded: LoadedModel, calibration: CalibrationDa
     return distill_codebooks(model, loaded.model, calibration, layers, settings, loaded.tokens.end_of_text, progress)
 
 
-@register(GQConfig, needs_calibration=True, summary="learned mu-law centroids per layer, soft-to-hard, then distilled end to end (label-free)",
-          refine=distill_gq)
+@register(GQConfig, needs_calibration=True,
+          summary="learned mu-law centroids per layer, soft-to-hard (label-free; optional end-to-end distillation)",
+          refine=distill_gq, refines=lambda config: config.distill_steps > 0)
 def quantize_gq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GQConfig) -> LayerOutcome:
     levels, latent, scales = train_codebook(w, stats.moments(), 2**spec.bits, spec.group_size, config)
     # Hard codes: each (latent) weight snaps to its nearest trained centroid, on the original block scales.

@@ -4,8 +4,8 @@ A per-layer quantizer takes the full-precision weight, the layer's calibration m
 that need no calibration and were given none), its table row and the method config, and returns a
 LayerOutcome. A method may also register a ``refine`` step that retrains the quantized layers together once
 the layer-wise pass is done (GQ's end-to-end distillation) and a ``finalize`` step that runs once on the
-whole quantized model (W8A8 attaches its activation quantizers there). Implementations register themselves with @register in
-their own modules.
+whole quantized model (W8A8 attaches its activation quantizers there). Implementations register
+themselves with @register in their own modules.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ class TrainableCodebook:
                                  scale_dtype="float16", levels_stored=True, scales=self.scales)
 
 
-def ste_weight(latent: torch.Tensor, levels: torch.Tensor, scales: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def ste_weight(latent: torch.Tensor, levels: torch.Tensor, scales: torch.Tensor,
+               shape: tuple[int, int]) -> torch.Tensor:
     """latent: (blocks, block), levels: (K,), scales: (blocks, 1) -> (out, in) hard-quantized weight.
 
     The value is every latent weight snapped to its nearest level; the gradient reaches the latent weights
@@ -125,9 +126,10 @@ def distill_codebooks(student: nn.Module, teacher: nn.Module, calibration: Calib
         with torch.inference_mode(False), torch.enable_grad():
             for step in range(settings.steps):
                 batch = torch.randperm(calibration.n_clips, generator=generator)[: settings.batch_size]
-                weights = {f"{name}.weight": ste_weight(s.latent, s.levels, s.scales, s.shape) for name, s in layers.items()}
-                logits = functional_call(student, weights, args=(),
-                                         kwargs={"input_features": features[batch], "decoder_input_ids": ids[batch]}).logits
+                weights = {f"{name}.weight": ste_weight(s.latent, s.levels, s.scales, s.shape)
+                           for name, s in layers.items()}
+                inputs = {"input_features": features[batch], "decoder_input_ids": ids[batch]}
+                logits = functional_call(student, weights, args=(), kwargs=inputs).logits
                 student_logp = torch.log_softmax(logits.float(), dim=-1)[mask[batch]]
                 target = torch.cat([teacher_logp[offsets[c]:offsets[c + 1]] for c in batch.tolist()]).float()
                 loss = (target.exp() * (target - student_logp)).sum(dim=-1).mean()

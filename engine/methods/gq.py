@@ -20,9 +20,10 @@ The paper's mu, parameterization and schedule are not published; ours (engine/co
   6. Hard codes: each (latent) weight snaps to its nearest trained centroid; the layer ships codes, scales
      and the K centroids (float16).
   7. Optional end-to-end distillation (distill_steps > 0, off by default; engine/methods/distill.py): the
-     latent weights and centroids of all layers are then trained together on the KL divergence between the full-precision
-     and the quantized model's next-token distributions on the calibration clips (still label-free), hard
-     codes forward and straight-through backward: "distillation from the full-precision model's outputs".
+     latent weights and centroids of all layers are then trained together on the KL divergence between the
+     full-precision and the quantized model's next-token distributions on the calibration clips (still
+     label-free), hard codes forward and straight-through backward: "distillation from the full-precision
+     model's outputs". Off by default: it rescued a looping 3-bit draw but made a good 4-bit one loop.
 Above 6 bits (K > 64) the soft assignment's memory (weights x K) is not worth it: codes snap to the
 initial centroids without training (and the distillation leaves those layers alone).
 """

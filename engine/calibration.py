@@ -51,6 +51,16 @@ class CalibrationData:
     def n_clips(self) -> int:
         return self.features.shape[0]
 
+    def padded_tokens(self, pad_token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder input ids (clips, T) padded with pad_token, and the mask (clips, T) of real tokens."""
+        length = max(len(t) for t in self.tokens)
+        ids = torch.full((self.n_clips, length), pad_token, dtype=torch.long)
+        mask = torch.zeros(self.n_clips, length, dtype=torch.bool)
+        for i, toks in enumerate(self.tokens):
+            ids[i, : len(toks)] = torch.tensor(toks)
+            mask[i, : len(toks)] = True
+        return ids, mask
+
 
 def prepare_calibration(loaded: LoadedModel, audios: Sequence[np.ndarray], transcripts: Sequence[str] | None = None,
                         ) -> CalibrationData:
@@ -181,13 +191,8 @@ class TwoStreamPass:
     def _decoder_input(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedded teacher-forced tokens (clips, T, d) and the mask of real (non-padding) tokens."""
         dec = self.model.model.decoder
-        length = max(len(t) for t in self.data.tokens)
-        ids = torch.full((self.data.n_clips, length), self.pad_token, dtype=torch.long)
-        mask = torch.zeros(self.data.n_clips, length, dtype=torch.bool)
-        for i, toks in enumerate(self.data.tokens):
-            ids[i, : len(toks)] = torch.tensor(toks)
-            mask[i, : len(toks)] = True
-        return dec.embed_tokens(ids) + dec.embed_positions.weight[:length], mask
+        ids, mask = self.data.padded_tokens(self.pad_token)
+        return dec.embed_tokens(ids) + dec.embed_positions.weight[: ids.shape[1]], mask
 
     def _frame_mask(self, length: int) -> torch.Tensor:
         """Encoder frames that count in the statistics: all of them, padding included.

@@ -86,13 +86,9 @@ def ste_weight(latent: torch.Tensor, levels: torch.Tensor, scales: torch.Tensor,
 
 def next_token_targets(calibration: CalibrationData, pad_token: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced decoder inputs (clips, T) and the mask (clips, T) of positions that predict a real token."""
-    length = max(len(t) for t in calibration.tokens)
-    ids = torch.full((calibration.n_clips, length), pad_token, dtype=torch.long)
-    mask = torch.zeros(calibration.n_clips, length, dtype=torch.bool)
-    for i, toks in enumerate(calibration.tokens):
-        ids[i, : len(toks)] = torch.tensor(toks)
-        mask[i, : len(toks) - 1] = True  # the last token (end of text) predicts nothing we train on
-    return ids, mask
+    ids, real = calibration.padded_tokens(pad_token)
+    # Position t is trained when token t + 1 is real: the last token (end of text) predicts nothing we train on.
+    return ids, torch.cat([real[:, 1:], torch.zeros_like(real[:, :1])], dim=1)
 
 
 def distill_codebooks(student: nn.Module, teacher: nn.Module, calibration: CalibrationData,

@@ -170,7 +170,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "qep_damping", "base",
+QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max", "qep_damping", "base",
                   "double_quant", "mu", "steps", "lr", "distill_steps", "activations", "activation_bits",
                   "clip_search")
 
@@ -186,6 +186,7 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--clip-search", action="store_true", default=None,
                    help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")
+    g.add_argument("--alpha-max", type=float, help="fade: upper bound of a layer's alpha (default 1)")
     g.add_argument("--damping", type=float, help="GPTQ and GQ damping (fraction of mean diag H)")
     g.add_argument("--qep-damping", type=float)
     g.add_argument("--block-size", type=int)

@@ -97,8 +97,13 @@ class FADEConfig(QEPConfig):
     """QEP with a per-layer alpha computed from layer diagnostics (see engine/methods/fade.py)."""
 
     alpha: float = 0.75  # the prior alpha that unreliable layers shrink toward (0.75 beat 0.5 at 3 and 4 bits)
+    alpha_max: float = 1.0  # upper bound of a layer's alpha (the prior itself: a reliable layer may only lower it)
 
     method = "fade"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0.0 <= self.alpha_max <= 1.0, f"alpha_max must be between 0 and 1, not {self.alpha_max}.")
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ def test_fade_alpha_follows_the_evidence():
     w, _, _, stats, _ = layer_setup(drift=0.5, n=4096)
     alpha, notes = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), prior=0.5, damping=0.01)
     assert notes["reliability"] > 0.5 and alpha > 0.7
+    # alpha_max caps it (at the prior: a reliable layer may only lower alpha).
+    capped, _ = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), 0.5, 0.01, alpha_max=0.5)
+    assert capped == 0.5
     # No drift at all, only noise, and few tokens: nothing to learn, alpha falls back toward the prior or below.
     d = 64
     x = correlated_inputs(160, d, 3)

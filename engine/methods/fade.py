@@ -34,7 +34,8 @@ def _gain_curvature(w: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float
     return float(g), float(h)
 
 
-def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: float) -> tuple[float, dict]:
+def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: float,
+               alpha_max: float = 1.0) -> tuple[float, dict]:
     """Per-layer alpha from two clip-disjoint halves of the calibration moments; returns (alpha, scores)."""
     alphas, shares = [], []
     for fit, check in ((a, b), (b, a)):
@@ -49,7 +50,7 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
         shares.append(max(0.0, (g_out * g_out / h_out) / (g_in * g_in / h_in)) if g_out > 0 else 0.0)
     alpha_ho = sum(alphas) / 2
     reliability = min(1.0, sum(shares) / 2)
-    alpha = min(1.0, max(0.0, reliability * alpha_ho + (1 - reliability) * prior))
+    alpha = min(alpha_max, max(0.0, reliability * alpha_ho + (1 - reliability) * prior))
     return alpha, {"alpha_heldout": alpha_ho, "reliability": reliability}
 
 
@@ -58,5 +59,6 @@ def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: F
     m = stats.moments()
     if spec.alpha is not None:  # a user-set alpha in the table wins
         return corrected_outcome(w, m, spec, config, spec.alpha)
-    alpha, notes = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), config.alpha, config.qep_damping)
+    alpha, notes = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), config.alpha, config.qep_damping,
+                              config.alpha_max)
     return corrected_outcome(w, m, spec, config, alpha, notes)

@@ -15,7 +15,7 @@ from bench import foundation, fuzz_audio, kernels, load, methods, personalizatio
 SEED_METHOD_RUNS = (
     ["--methods", "rtn", "gptq", "gq", "--bits", "4", "3", "2", "--sources", "real"],
     # GQ with its optional end-to-end distillation stage, against the layer-wise default above.
-    ["--methods", "gq", "--bits", "4", "3", "--sources", "real", "--set", "distill_steps=30"],
+    ["--methods", "gq", "--bits", "4", "3", "2", "--sources", "real", "--set", "distill_steps=30"],
     # Mixed precision: GQ's 2-bit rows where a user would put them, the encoder's feed-forward layers.
     ["--methods", "rtn", "gptq", "gq", "--bits", "4", "--sources", "real", "--preset", "encoder FFN 2-bit"],
     ["--methods", "nf4", "--bits", "4"],

@@ -63,16 +63,22 @@ def test_next_token_targets_mask_every_position_but_the_last():
     assert ids[0, 0] == 0 and not mask[0, len(data.tokens[0]) - 1]
 
 
-def test_distillation_lowers_the_kl_to_the_full_precision_model_and_keeps_codes_hard(small_whisper):
-    teacher = small_whisper
+def _codebook_student(teacher) -> tuple[torch.nn.Module, dict[str, TrainableCodebook]]:
+    """A copy of teacher with every linear on a 2-bit mu-law codebook, and the trainable state of each."""
     student = copy.deepcopy(teacher)
-    data = _calibration()
     layers = {}
     for name, layer in linear_layers(student).items():
         q = codebook_quantize(layer.weight.detach(), mu_law_levels(4, 8.0), 2, 16)
         with torch.no_grad():
             layer.weight.copy_(q.dequantize())
         layers[name] = TrainableCodebook.of(q, layer.weight.detach().clone())
+    return student, layers
+
+
+def test_distillation_lowers_the_kl_to_the_full_precision_model_and_keeps_codes_hard(small_whisper):
+    teacher = small_whisper
+    student, layers = _codebook_student(teacher)
+    data = _calibration()
     before = _kl(student, teacher, data)
     codes = distill_codebooks(student, teacher, data, layers, DistillSettings(steps=60, lr=0.02, levels_lr=0.01,
                                                                               batch_size=3), PAD)
@@ -94,3 +100,14 @@ def test_gq_refines_only_when_distillation_steps_are_asked_for():
     assert not gq.refines_with(GQConfig())  # off by default (bench/results/seed_methods.md)
     assert gq.refines_with(GQConfig(distill_steps=3))
     assert not get_method("gptq").refines_with(get_method("gptq").config_cls())
+
+
+def test_distillation_is_deterministic(small_whisper):
+    # Benchmarks compare methods across calibration draws: the same inputs must give the same codes.
+    settings = DistillSettings(steps=5, lr=0.02, levels_lr=0.01, batch_size=3)
+    runs = []
+    for _ in range(2):
+        student, layers = _codebook_student(small_whisper)
+        runs.append(distill_codebooks(student, small_whisper, _calibration(), layers, settings, PAD))
+    for name, q in runs[0].items():
+        assert torch.equal(q.codes, runs[1][name].codes) and torch.equal(q.levels, runs[1][name].levels)

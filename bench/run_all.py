@@ -24,6 +24,13 @@ SEED_METHOD_RUNS = (
     ["--methods", "w8a8", "--bits", "8", "--group-size", "-1", "--set", "activations=dynamic"],
 )
 
+# Greedy against temperature-fallback decoding (how much of the damage is repetition loops): RTN at every width,
+# and the sample-calibration 3-bit rows where FADE's collapsed draw loses to GPTQ (methods.md).
+DECODING_RUNS = (
+    ["--methods", "rtn", "--bits", "4", "3", "2"],
+    ["--methods", "gptq", "fade", "--bits", "3", "--sources", "sample", "--seeds", "5"],
+)
+
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -35,6 +42,8 @@ def main() -> None:
     quant_memory.main([])
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])
+    for args in DECODING_RUNS:
+        methods.main(["--out", "decoding", "--fallback", *args])
     personalization.main([])
     fuzz_audio.main([])
     load.main([])

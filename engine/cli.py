@@ -82,7 +82,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
     audios = [load_audio(path) for path in args.audio]  # fail on bad input before loading the model
     loaded = _model_for(args)
-    texts = transcribe(loaded, audios, batch_size=args.batch_size, language=args.language)
+    texts = transcribe(loaded, audios, batch_size=args.batch_size, language=args.language, fallback=args.fallback)
     if args.json:
         print(json.dumps([{"audio": a, "text": t} for a, t in zip(args.audio, texts)], indent=2))
     else:
@@ -102,8 +102,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         config = _quant_config(args)
         runs = quantize_and_evaluate(loaded, config, utterances, args.calib,
                                      seeds=range(args.seed, args.seed + args.seeds), n_calib=args.n_calib,
-                                     layers=_layer_table(args, loaded, config))
-        result = {**summary(args.model, config, runs, args.per_utterance), "data": str(args.data)}
+                                     layers=_layer_table(args, loaded, config), fallback=args.fallback)
+        result = {**summary(args.model, config, runs, args.per_utterance), "data": str(args.data),
+                  "decoding": "fallback" if args.fallback else "greedy"}
         return _print_eval(args, result)
     if args.quantized:
         from engine.artifacts import load_quantized
@@ -116,8 +117,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         loaded = load_model(args.model)
         head = {"model": args.model, "method": "fp32", "bits": 32}
-    report = evaluate(loaded, utterances, batch_size=args.batch_size)
-    result = {**head, "data": str(args.data), "wer_std": 0.0, **report.to_dict(args.per_utterance)}
+    report = evaluate(loaded, utterances, batch_size=args.batch_size, fallback=args.fallback)
+    result = {**head, "data": str(args.data), "decoding": "fallback" if args.fallback else "greedy", "wer_std": 0.0,
+              **report.to_dict(args.per_utterance)}
     return _print_eval(args, result)
 
 
@@ -274,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
+    p.add_argument("--fallback", action="store_true",
+                   help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
     _add_quant_options(p)
     p.set_defaults(func=_cmd_transcribe)
 
@@ -286,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
     p.add_argument("--seeds", type=int, default=1, help="calibration seeds (mean and std of WER)")
+    p.add_argument("--fallback", action="store_true",
+                   help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
     _add_quant_options(p)
     p.set_defaults(func=_cmd_eval)
 

@@ -152,12 +152,15 @@ def evaluate(
     batch_size: int = 8,
     progress: ProgressFn | None = None,
     scorer: TextScorer | None = None,
+    fallback: bool = False,
 ) -> EvalReport:
-    """Transcribe every utterance and score it; decoding time excludes file loading."""
+    """Transcribe every utterance and score it; decoding time excludes file loading.
+
+    fallback: Whisper's temperature fallback (engine/transcribe.py) instead of greedy decoding alone."""
     scorer = scorer or TextScorer()
     audios = [load_audio(u.path) for u in utterances]
     start = time.perf_counter()
-    hypotheses = transcribe(loaded, audios, batch_size=batch_size, progress=progress)
+    hypotheses = transcribe(loaded, audios, batch_size=batch_size, progress=progress, fallback=fallback)
     elapsed = time.perf_counter() - start
     seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     wer, cer = scorer.score([u.reference for u in utterances], hypotheses)

@@ -57,8 +57,11 @@ def quantize_and_evaluate(
     n_calib: int = 32,
     layers: list[LayerSpec] | None = None,
     progress: ProgressFn | None = None,
+    fallback: bool = False,
 ) -> list[SeedRun]:
-    """One quantization + evaluation per calibration seed (one run only when the method needs no data)."""
+    """One quantization + evaluation per calibration seed (one run only when the method needs no data).
+
+    fallback: score with Whisper's temperature fallback decoding instead of greedy (engine/transcribe.py)."""
     needs = get_method(config.method).uses_calibration(config)
     if needs and calib_folder is None:
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
@@ -72,7 +75,7 @@ def quantize_and_evaluate(
         result = quantize(loaded, config, calibration, layers=layers, progress=progress)
         if calibration is not None:
             result.calibration.update({"folder": str(calib_folder), "seed": seed})
-        report = evaluate(result.loaded, data)
+        report = evaluate(result.loaded, data, fallback=fallback)
         log.info("%s seed %s: WER %.2f%% (%.0f s)", config.method, seed, 100 * report.wer, time.perf_counter() - start)
         runs.append(SeedRun(seed, result, report))
     return runs

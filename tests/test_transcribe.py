@@ -42,3 +42,23 @@ def test_batched_and_single_decoding_agree(tiny):
 
     audios = [load_audio(c.path) for c in sample_clips()[:4]]
     assert transcribe(tiny, audios, batch_size=4) == [transcribe(tiny, [a])[0] for a in audios]
+
+
+def test_temperature_fallback_breaks_the_loops_of_a_collapsed_model(tiny, test_other):
+    from engine.methods import make_config
+    from engine.quantize import quantize
+
+    # Two clips on which RTN 3-bit tiny.en loops under greedy decoding (17 words each, 220+ decoded).
+    utterances = [u for u in load_dataset(test_other) if u.id in ("1998-15444-0003", "2414-128291-0004")]
+    audios = [load_audio(u.path) for u in utterances]
+    refs = [u.reference for u in utterances]
+    # RTN at 3 bits (bench/results/decoding.md: 171.7% WER greedy, 52.6% with the fallback).
+    collapsed = quantize(tiny, make_config("rtn", bits=3)).loaded
+    scorer = TextScorer()
+    greedy = transcribe(collapsed, audios)
+    fallback = transcribe(collapsed, audios, fallback=True)
+    assert any(len(h.split()) > 2 * len(r.split()) for h, r in zip(greedy, refs)), greedy  # it does loop here
+    assert scorer.score(refs, fallback)[0] < 0.7 * scorer.score(refs, greedy)[0]
+    # A confident full-precision model never needs the fallback: the same text as greedy decoding.
+    jfk = [load_audio(speech_dir("jfk") / "jfk.wav")]
+    assert transcribe(tiny, jfk, fallback=True) == transcribe(tiny, jfk)

@@ -172,9 +172,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max", "qep_damping", "base",
-                  "double_quant", "mu", "steps", "lr", "distill_steps", "activations", "activation_bits",
-                  "clip_search")
+QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max",
+                  "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
+                  "activation_bits", "clip_search")
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:

@@ -97,7 +97,9 @@ class FADEConfig(QEPConfig):
     """QEP with a per-layer alpha computed from layer diagnostics (see engine/methods/fade.py)."""
 
     alpha: float = 0.75  # the prior alpha that unreliable layers shrink toward (0.75 beat 0.5 at 3 and 4 bits)
-    alpha_max: float = 1.0  # upper bound of a layer's alpha (the prior itself: a reliable layer may only lower it)
+    # Upper bound of a layer's alpha. Set to the prior, a reliable layer can only lower alpha; measured, that
+    # was worse at 4 bits with both calibration sources (docs/methods.md), so the default leaves it open.
+    alpha_max: float = 1.0
 
     method = "fade"
 

@@ -8,7 +8,8 @@ the calibration moments are kept in two clip-disjoint halves A and B. For each l
      so alpha_AB = g_B / h_B; likewise alpha_BA with the halves swapped; alpha_ho = their mean;
   2. reliability r in [0, 1]: the share of the in-sample error reduction that survives on held-out data,
          r = clip( (g_B^2 / h_B) / (g_A^2 / h_A), 0, 1 )  averaged over both directions;
-  3. alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, 1 ), alpha_prior = the config's alpha.
+  3. alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, alpha_max ), alpha_prior = the config's alpha,
+     alpha_max its upper bound (1 by default).
 A poorly conditioned or overfitted solve (few tokens for the layer's width, noisy drift) has r near 0
 and falls back to the global prior; a solve that generalizes keeps its own optimum.
 No search and no retraining: everything comes from the moments the pass collects anyway.

@@ -156,8 +156,7 @@ NOTES = {
                      "calibration moments (label-free, damping 0.1). 'gq distill_steps=30' rows add the optional "
                      "second stage: the whole model distilled end to end for 30 steps (KL to the full-precision "
                      "model's next-token distribution); their peak RSS rose run after run in one process "
-                     "(3.4 GB for the first), while the resident size after each quantization does not grow "
-                     "steadily (allocator reuse, not a held reference). The first draw of 'gq distill_steps=30 "
+                     "(3.4 GB for the first). The first draw of 'gq distill_steps=30 "
                      "2b' gave 97.6% under an earlier revision of the code (explore.md) and 113.5% here: at 2 "
                      "bits any numerical change flips which clips loop. Its second seed ran while tests shared "
                      "the cores (311 s against about 240 s alone). Rows with fewer "
@@ -177,21 +176,21 @@ def markdown(runs: dict, note: str = "") -> str:
         if key == "fp32":
             continue
         groups.setdefault((r["label"], r["source"]), []).append(r)
+    # Tables scored with both decodings (--fallback) get the fallback WER in two more columns.
+    fallback = bool(groups) and all("wer_fallback" in r for r in runs.values())
+    fp32_line = f"fp32 WER: {100 * fp32:.2f}%" if fp32 is not None else ""
+    if fallback:
+        fp32_line += f"; with temperature fallback {100 * runs['fp32']['wer_fallback']:.2f}%"
+    columns = ["method", "calibration", "seeds:", "WER mean %:", "WER std:", "per seed",
+               *(["fallback WER mean %:", "fallback per seed"] if fallback else []), "quant s:", "peak RSS MB:"]
     lines = [
         "# Methods: tiny.en on 50 LibriSpeech test-other clips, group size 64, 32 calibration clips per seed",
         "",
-        f"fp32 WER: {100 * fp32:.2f}%" if fp32 is not None else "",
+        fp32_line,
         "",
-        "| method | calibration | seeds | WER mean % | WER std | per seed | quant s | peak RSS MB |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| " + " | ".join(c.rstrip(":") for c in columns) + " |",
+        "| " + " | ".join("---:" if c.endswith(":") else "---" for c in columns) + " |",
     ]
-    # Tables scored with both decodings (--fallback) get the fallback WER in two more columns.
-    fallback = all("wer_fallback" in r for r in runs.values()) and bool(groups)
-    if fallback:
-        fp32_fallback = runs["fp32"]["wer_fallback"]
-        lines[2] += f"; with temperature fallback {100 * fp32_fallback:.2f}%"
-        lines[4] = lines[4].replace(" quant s |", " fallback WER mean % | fallback per seed | quant s |")
-        lines[5] = "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: |"
     for (label, source), rs in sorted(groups.items(), key=lambda kv: (kv[0][0].split()[-1], kv[0][1], kv[0][0])):
         mean, std = mean_std([r["wer"] for r in rs])
         per_seed = " ".join(f"{100 * r['wer']:.1f}" for r in rs)

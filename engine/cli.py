@@ -97,14 +97,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from engine.models import load_model
 
     utterances = data_utterances(args.data, args.limit)
+    where = {"data": str(args.data), "decoding": "fallback" if args.fallback else "greedy"}
     if args.method and not args.quantized:
         loaded = load_model(args.model)
         config = _quant_config(args)
         runs = quantize_and_evaluate(loaded, config, utterances, args.calib,
                                      seeds=range(args.seed, args.seed + args.seeds), n_calib=args.n_calib,
                                      layers=_layer_table(args, loaded, config), fallback=args.fallback)
-        result = {**summary(args.model, config, runs, args.per_utterance), "data": str(args.data),
-                  "decoding": "fallback" if args.fallback else "greedy"}
+        result = {**summary(args.model, config, runs, args.per_utterance), **where}
         return _print_eval(args, result)
     if args.quantized:
         from engine.artifacts import load_quantized
@@ -118,8 +118,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loaded = load_model(args.model)
         head = {"model": args.model, "method": "fp32", "bits": 32}
     report = evaluate(loaded, utterances, batch_size=args.batch_size, fallback=args.fallback)
-    result = {**head, "data": str(args.data), "decoding": "fallback" if args.fallback else "greedy", "wer_std": 0.0,
-              **report.to_dict(args.per_utterance)}
+    result = {**head, **where, "wer_std": 0.0, **report.to_dict(args.per_utterance)}
     return _print_eval(args, result)
 
 
@@ -175,6 +174,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max",
                   "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
                   "activation_bits", "clip_search")
+
+
+def _add_decoding_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fallback", action="store_true",
+                   help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -276,8 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
-    p.add_argument("--fallback", action="store_true",
-                   help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
+    _add_decoding_option(p)
     _add_quant_options(p)
     p.set_defaults(func=_cmd_transcribe)
 
@@ -290,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
     p.add_argument("--seeds", type=int, default=1, help="calibration seeds (mean and std of WER)")
-    p.add_argument("--fallback", action="store_true",
-                   help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
+    _add_decoding_option(p)
     _add_quant_options(p)
     p.set_defaults(func=_cmd_eval)
 

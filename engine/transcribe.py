@@ -45,9 +45,10 @@ def _generate(loaded: LoadedModel, batch: Sequence[np.ndarray], long_form: bool,
     if fallback:
         kwargs.update(temperature=FALLBACK_TEMPERATURES, compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
                       logprob_threshold=LOGPROB_THRESHOLD)
-    # The fork keeps the seeding from touching the caller's random state.
-    with torch.inference_mode(), torch.random.fork_rng():
-        torch.manual_seed(FALLBACK_SEED)
+    # Only the fallback samples; its fork keeps the seeding from touching the caller's random state.
+    with torch.inference_mode(), torch.random.fork_rng(enabled=fallback):
+        if fallback:
+            torch.manual_seed(FALLBACK_SEED)
         out = loaded.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, **kwargs)
     sequences = out["sequences"] if isinstance(out, dict) else out
     return [loaded.tokens.decode(seq.tolist()) for seq in sequences]

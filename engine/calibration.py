@@ -46,10 +46,30 @@ class CalibrationData:
     features: torch.Tensor  # (clips, mels, 3000)
     frames: tuple[int, ...]  # encoder frames holding speech, per clip
     tokens: tuple[tuple[int, ...], ...]  # decoder input ids per clip: prompt + transcript tokens
+    speakers: tuple[str, ...] = ()  # who speaks each clip; () when unknown
 
     @property
     def n_clips(self) -> int:
         return self.features.shape[0]
+
+    def split_of_clip(self) -> torch.Tensor:
+        """(clips,) which half of the moments each clip feeds.
+
+        With more than one speaker the halves are speaker-disjoint (speakers dealt largest first to the
+        half with fewer clips), so a held-out check fits on some voices and is scored on others: a
+        correction that only suits one voice fails it. With one speaker (or none known) clips alternate,
+        so each half has every kind of clip."""
+        if len(set(self.speakers)) < N_SPLITS or len(self.speakers) != self.n_clips:
+            return torch.arange(self.n_clips) % N_SPLITS
+        counts: dict[str, int] = {}
+        for s in self.speakers:
+            counts[s] = counts.get(s, 0) + 1
+        half_of, sizes = {}, [0] * N_SPLITS
+        for speaker in sorted(counts, key=lambda s: (-counts[s], s)):
+            half = min(range(N_SPLITS), key=lambda h: (sizes[h], h))
+            half_of[speaker] = half
+            sizes[half] += counts[speaker]
+        return torch.tensor([half_of[s] for s in self.speakers])
 
     def padded_tokens(self, pad_token: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder input ids (clips, T) padded with pad_token, and the mask (clips, T) of real tokens."""
@@ -63,8 +83,9 @@ class CalibrationData:
 
 
 def prepare_calibration(loaded: LoadedModel, audios: Sequence[np.ndarray], transcripts: Sequence[str] | None = None,
-                        ) -> CalibrationData:
-    """Features and decoder tokens; without transcripts the full-precision model's own output is used."""
+                        speakers: Sequence[str] = ()) -> CalibrationData:
+    """Features and decoder tokens; without transcripts the full-precision model's own output is used.
+    speakers (one per clip, optional) make the moments' two halves speaker-disjoint."""
     if transcripts is None:
         from engine.transcribe import transcribe
 
@@ -77,7 +98,7 @@ def prepare_calibration(loaded: LoadedModel, audios: Sequence[np.ndarray], trans
     tokens = tuple(tuple((prompt + t.encode(text) + [t.end_of_text])[:max_tokens]) for text in transcripts)
     limit = features.shape[-1] // 2
     frames = tuple(min(limit, -(-len(a) // SAMPLES_PER_ENCODER_FRAME)) for a in audios)
-    return CalibrationData(features, frames, tokens)
+    return CalibrationData(features, frames, tokens, tuple(speakers))
 
 
 @dataclass(frozen=True)
@@ -258,8 +279,7 @@ class TwoStreamPass:
         fp_block = copy.deepcopy(block)  # the full-precision stream keeps the original weights
         fp_stages = stages(fp_block, x_fp, self.batch_size, **kw_fp)
         q_stages = stages(block, x_q, self.batch_size, **kw_q)
-        # Clips alternate between the two halves of the moments, so each half has every kind of clip.
-        split_of_clip = torch.arange(self.data.n_clips) % N_SPLITS
+        split_of_clip = self.data.split_of_clip()
         while True:
             try:
                 inputs_fp = next(fp_stages)

@@ -93,7 +93,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from engine.evaluate import evaluate
-    from engine.experiment import data_utterances, quantize_and_evaluate, summary
+    from engine.experiment import data_utterances, interval_summary, quantize_and_evaluate, summary
     from engine.models import load_model
 
     utterances = data_utterances(args.data, args.limit)
@@ -104,7 +104,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         runs = quantize_and_evaluate(loaded, config, utterances, args.calib,
                                      seeds=range(args.seed, args.seed + args.seeds), n_calib=args.n_calib,
                                      layers=_layer_table(args, loaded, config), fallback=args.fallback)
-        result = {**summary(args.model, config, runs, args.per_utterance), **where}
+        fp32 = evaluate(loaded, utterances, batch_size=args.batch_size, fallback=args.fallback)
+        result = {**summary(args.model, config, runs, args.per_utterance), **where,
+                  **interval_summary([r.report for r in runs], fp32)}
         return _print_eval(args, result)
     if args.quantized:
         from engine.artifacts import load_quantized
@@ -114,11 +116,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 "bits": meta["quant_config"]["bits"], "size_bytes": meta["size"]["size_bytes"],
                 "fp32_size_bytes": meta["size"]["fp32_size_bytes"], "fake_quant": meta["fake_quant"],
                 "per_layer": meta["layer_records"]}
+        fp32_model = meta["model"]["name"]
     else:
         loaded = load_model(args.model)
         head = {"model": args.model, "method": "fp32", "bits": 32}
+        fp32_model = None
     report = evaluate(loaded, utterances, batch_size=args.batch_size, fallback=args.fallback)
-    result = {**head, **where, "wer_std": 0.0, **report.to_dict(args.per_utterance)}
+    # A saved quantized model is compared with its own full-precision model on the same clips.
+    fp32 = (evaluate(load_model(fp32_model), utterances, batch_size=args.batch_size, fallback=args.fallback)
+            if fp32_model else None)
+    result = {**head, **where, "wer_std": 0.0, **report.to_dict(args.per_utterance), **interval_summary([report], fp32)}
     return _print_eval(args, result)
 
 
@@ -128,8 +135,12 @@ def _print_eval(args: argparse.Namespace, result: dict) -> int:
     else:
         std = f" ± {100 * result['wer_std']:.2f}" if result.get("wer_std") else ""
         size = f"  size {result['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in result else ""
-        print(f"{result['model']} {result['method']} on {args.data}: WER {100 * result['wer']:.2f}%{std}  "
-              f"CER {100 * result['cer']:.2f}%  RTF {result['rtf']:.3f}{size}  ({result['n_utterances']} utterances)")
+        low, high = result["wer_ci95"]
+        print(f"{result['model']} {result['method']} on {args.data}: WER {100 * result['wer']:.2f}%{std} "
+              f"(95% interval {100 * low:.1f} to {100 * high:.1f})  CER {100 * result['cer']:.2f}%  "
+              f"RTF {result['rtf']:.3f}{size}  ({result['n_utterances']} utterances)")
+        if "delta_words" in result:
+            print(f"against full precision ({100 * result['wer_fp32']:.2f}%): {result['delta_words']}")
     return 0
 
 
@@ -214,37 +225,37 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
 
 
 def _cmd_personalize(args: argparse.Namespace) -> int:
-    """Adapt LoRA on the NF4 model to one speaker: train on the first --train clips of --data, test on the rest."""
+    """Adapt LoRA on the NF4 model to one speaker: train on the first --train clips of --data (the last of
+    them validating), test on the rest."""
     from engine.audio import load_audio
-    from engine.config import NF4Config
     from engine.evaluate import load_dataset
     from engine.models import load_model
-    from engine.personalize import LoRASettings, PersonalizeError, before_after, check_speaker, personalize, save_adapter
-    from engine.quantize import quantize
+    from engine.personalize import LoRASettings, PersonalizeError, adapt_and_compare, check_speaker
 
     check_speaker(args.speaker)
     utterances = load_dataset(args.data)
     if len(utterances) <= args.train:
         raise PersonalizeError(f"{args.data} has {len(utterances)} clips; --train {args.train} leaves none to test on.")
-    train, test = utterances[: args.train], utterances[args.train:]
     settings = LoRASettings(rank=args.rank, epochs=args.epochs, lr=args.lr)
-    fp32 = load_model(args.model)
-    base = quantize(fp32, NF4Config()).loaded
-    base_info = {"name": args.model, "quant_config": NF4Config().to_dict()}
-    adapter = personalize(base, args.speaker, [load_audio(u.path) for u in train], [u.reference for u in train],
-                          settings, base_info)
-    adapter.clips = [u.id for u in train]
-    folder = save_adapter(adapter, args.adapters)
-    wer = before_after(fp32, base, adapter, [load_audio(u.path) for u in test], [u.reference for u in test])["wer"]
-    result = {"speaker": args.speaker, "adapter": str(folder), "train_clips": len(train), "test_clips": len(test),
-              "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
-              "train_seconds": adapter.seconds, "wer": wer}
+    out = adapt_and_compare(load_model(args.model), args.speaker, [load_audio(u.path) for u in utterances],
+                            [u.reference for u in utterances], args.train, settings, args.adapters,
+                            [u.id for u in utterances])
+    result = {k: out[k] for k in ("speaker", "adapter", "train_clips", "validation_clips", "test_clips", "best_epoch",
+                                  "validation", "trainable_parameters", "extra_fraction", "train_seconds", "wer",
+                                  "adapter_kept")}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"adapter for {args.speaker} saved in {folder} ({adapter.trainable_parameters:,} parameters, "
-              f"{100 * adapter.extra_fraction:.2f}%, {adapter.seconds:.0f} s); WER on {len(test)} held-out clips: "
-              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in wer.items()))
+        wer = ", ".join(f"{k} {100 * v:.1f}%" for k, v in out["wer"].items())
+        if out["adapter_kept"]:
+            print(f"adapter for {args.speaker} saved in {out['adapter']} ({out['best_epoch']} of {args.epochs} "
+                  f"epochs, chosen on {out['validation_clips']} validation clip(s), {out['trainable_parameters']:,} "
+                  f"parameters, {100 * out['extra_fraction']:.2f}%, {out['train_seconds']:.0f} s); WER on "
+                  f"{out['test_clips']} held-out clips: {wer}")
+        else:
+            print(f"no adapter kept for {args.speaker}: on the {out['validation_clips']} validation clip(s) no epoch "
+                  f"beat the NF4 model alone, so NF4 is what this speaker should use; WER on {out['test_clips']} "
+                  f"held-out clips: {wer}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,11 +27,24 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 ProgressFn = Callable[[float, str], None]
 
 
+LIBRISPEECH_ID = re.compile(r"^(\d+)-\d+-\d+$")  # speaker-chapter-utterance
+VOICE_COLUMNS = ("voice", "speaker")  # refs.tsv columns that name who speaks
+
+
 @dataclass(frozen=True)
 class Utterance:
     id: str
     path: Path
     reference: str
+    voice: str = ""  # declared by a refs.tsv voice/speaker column; "" when the folder does not say
+
+    @property
+    def speaker(self) -> str:
+        """Who speaks: the declared voice, else the LibriSpeech speaker id in the name, else the folder."""
+        if self.voice:
+            return self.voice
+        match = LIBRISPEECH_ID.match(self.id)
+        return f"librispeech-{match.group(1)}" if match else f"folder:{self.path.parent.name}"
 
 
 def _find_audio(folder: Path, stem_or_name: str) -> Path | None:
@@ -45,18 +59,23 @@ def _find_audio(folder: Path, stem_or_name: str) -> Path | None:
 
 
 def _read_refs_tsv(path: Path) -> list[Utterance]:
-    """filename TAB transcript [TAB extra columns...]; a header line is allowed."""
+    """filename TAB transcript [TAB extra columns...]; a header line is allowed, and a header column named
+    voice or speaker says who speaks each clip."""
     utterances = []
+    voice_column = None
     with path.open(newline="", encoding="utf-8") as f:
         for row_number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
             if len(row) < 2 or not row[0].strip():
                 continue
             audio = _find_audio(path.parent, row[0].strip())
             if audio is None:
-                if row_number == 0:
-                    continue  # header
+                if row_number == 0:  # header
+                    names = [c.strip().lower() for c in row]
+                    voice_column = next((names.index(c) for c in VOICE_COLUMNS if c in names), None)
+                    continue
                 raise DatasetError(f"{path} line {row_number + 1} names {row[0]!r}, which is not in {path.parent}.")
-            utterances.append(Utterance(audio.stem, audio, row[1].strip()))
+            voice = row[voice_column].strip() if voice_column is not None and voice_column < len(row) else ""
+            utterances.append(Utterance(audio.stem, audio, row[1].strip(), voice))
     return utterances
 
 
@@ -89,13 +108,37 @@ def load_dataset(folder: str | Path) -> list[Utterance]:
     return sorted(utterances, key=lambda u: u.id)
 
 
+def _stratified_order(utterances: Sequence[Utterance], n: int, rng: random.Random) -> list[int]:
+    """n indices, each declared voice getting its share of n (largest remainder), shuffled within the voice."""
+    strata: dict[str, list[int]] = {}
+    for i, u in enumerate(utterances):
+        strata.setdefault(getattr(u, "voice", ""), []).append(i)
+    quotas = {v: n * len(idx) / len(utterances) for v, idx in strata.items()}
+    counts = {v: int(q) for v, q in quotas.items()}
+    for v in sorted(quotas, key=lambda v: (counts[v] - quotas[v], v))[: n - sum(counts.values())]:
+        counts[v] += 1
+    chosen = []
+    for v in sorted(strata):
+        idx = list(strata[v])
+        rng.shuffle(idx)
+        chosen += idx[: counts[v]]
+    return chosen
+
+
 def split_calibration(utterances: Sequence[Utterance], n_calibration: int, seed: int) -> tuple[list, list]:
-    """Draw n_calibration utterances by seed; the rest is for evaluation. The two never overlap."""
+    """Draw n_calibration utterances by seed; the rest is for evaluation. The two never overlap.
+
+    When the clips declare voices (a refs.tsv voice column, as sample_audio does) the draw is stratified:
+    each voice gets its share, so a draw never leans on one voice. Otherwise a plain seeded shuffle."""
     if not 0 <= n_calibration <= len(utterances):
         raise DatasetError(f"Cannot draw {n_calibration} calibration clips from {len(utterances)} utterances.")
-    order = list(range(len(utterances)))
-    random.Random(seed).shuffle(order)
-    chosen = set(order[:n_calibration])
+    rng = random.Random(seed)
+    if len({getattr(u, "voice", "") for u in utterances}) > 1:
+        chosen = set(_stratified_order(utterances, n_calibration, rng))
+    else:
+        order = list(range(len(utterances)))
+        rng.shuffle(order)
+        chosen = set(order[:n_calibration])
     calibration = [u for i, u in enumerate(utterances) if i in chosen]
     evaluation = [u for i, u in enumerate(utterances) if i not in chosen]
     return calibration, evaluation
@@ -109,6 +152,14 @@ class TextScorer:
 
     def normalize(self, text: str) -> str:
         return self._normalize(text)
+
+    def word_errors(self, reference: str, hypothesis: str) -> tuple[int, int]:
+        """(errors, reference words) of one utterance after normalization; (0, 0) for an empty reference."""
+        ref, hyp = self.normalize(reference), self.normalize(hypothesis)
+        if not ref.split():
+            return 0, 0
+        out = jiwer.process_words(ref, hyp if hyp.split() else "")
+        return out.substitutions + out.deletions + out.insertions, len(ref.split())
 
     def score(self, references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, float]:
         """Corpus-level (WER, CER) as fractions; empty normalized references are skipped."""
@@ -126,6 +177,8 @@ class UtteranceResult:
     reference: str
     hypothesis: str
     wer: float
+    errors: int = 0  # substitutions + deletions + insertions after normalization
+    words: int = 0  # reference words after normalization (0: not scored)
 
 
 @dataclass(frozen=True)
@@ -165,7 +218,7 @@ def evaluate(
     seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     wer, cer = scorer.score([u.reference for u in utterances], hypotheses)
     per_utt = tuple(
-        UtteranceResult(u.id, u.reference, h, scorer.score([u.reference], [h])[0])
+        UtteranceResult(u.id, u.reference, h, scorer.score([u.reference], [h])[0], *scorer.word_errors(u.reference, h))
         for u, h in zip(utterances, hypotheses)
     )
     return EvalReport(len(utterances), wer, cer, elapsed / seconds if seconds else 0.0, seconds, per_utt)

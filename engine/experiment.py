@@ -14,6 +14,7 @@ from engine.calibration import CalibrationData, prepare_calibration
 from engine.config import QuantConfig
 from engine.errors import DatasetError
 from engine.evaluate import EvalReport, Utterance, evaluate, load_dataset, mean_std, split_calibration
+from engine.intervals import describe_delta, paired_delta, wer_interval
 from engine.layer_table import LayerSpec
 from engine.methods import get_method
 from engine.models import LoadedModel
@@ -37,8 +38,9 @@ def calibration_clips(folders: str | Path | Sequence[str | Path], n_clips: int, 
 
 
 def build_calibration(loaded: LoadedModel, clips: Sequence[Utterance]) -> CalibrationData:
-    """Teacher-forced with the clips' own transcripts."""
-    return prepare_calibration(loaded, [load_audio(u.path) for u in clips], [u.reference for u in clips])
+    """Teacher-forced with the clips' own transcripts; the speakers make FADE's held-out halves disjoint."""
+    return prepare_calibration(loaded, [load_audio(u.path) for u in clips], [u.reference for u in clips],
+                               [u.speaker for u in clips])
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,22 @@ def summary(model: str, config: QuantConfig, runs: Sequence[SeedRun], per_uttera
     }
     if per_utterance:
         out["utterances"] = [vars(u) for u in first.report.utterances]
+    return out
+
+
+def interval_summary(reports: Sequence[EvalReport], fp32: EvalReport | None = None, seed: int = 0) -> dict:
+    """wer_ci95 of the (first) run; with fp32 on the same utterances also delta_wer and delta_ci95 over the runs
+    (each a calibration seed) and the utterances, and the same in words."""
+    first = reports[0]
+    words = [u.words for u in first.utterances]
+    out = {"wer_ci95": wer_interval([u.errors for u in first.utterances], words, seed).to_list()}
+    if fp32 is not None:
+        if [u.id for u in fp32.utterances] != [u.id for u in first.utterances]:
+            raise ValueError("the full-precision report must cover the same utterances in the same order")
+        delta, ci = paired_delta([[u.errors for u in r.utterances] for r in reports],
+                                 [u.errors for u in fp32.utterances], words, seed)
+        out.update({"wer_fp32": fp32.wer, "delta_wer": delta, "delta_ci95": ci.to_list(),
+                    "delta_words": describe_delta(delta, ci, first.n_utterances)})
     return out
 
 

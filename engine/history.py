@@ -72,10 +72,11 @@ class RunHistory:
                        f"({', '.join('?' * (len(COLUMNS) + 1))})", row)
 
     def runs(self, limit: int = 500) -> list[dict]:
-        """Most recent first, without the full summaries."""
+        """Most recent first, without the full summaries (but with the name of the set the WER was scored on)."""
         with closing(self._connect()) as db:
-            cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY finished DESC LIMIT ?", (limit,))
-            return [dict(zip(COLUMNS, values)) for values in cursor.fetchall()]
+            cursor = db.execute(f"SELECT {', '.join(COLUMNS)}, json_extract(summary, '$.eval_set') FROM runs "
+                                "ORDER BY finished DESC LIMIT ?", (limit,))
+            return [dict(zip((*COLUMNS, "eval_set"), values)) for values in cursor.fetchall()]
 
     def summary(self, run_id: str) -> dict | None:
         with closing(self._connect()) as db:

@@ -7,6 +7,8 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
 
     ASRQ_PUBLIC=1 / 0           force public / private (default: public when SPACE_ID is set, as on Spaces)
     ASRQ_ALLOWED_MODELS=a/b,c/d extra hub ids a public server may load
+    ASRQ_EVAL_DIR=/path         score the page's WER on this folder of real clips (refs.tsv or LibriSpeech
+                                layout) instead of the synthetic demo clips; private mode may also type one
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ServingPolicy:
     kept_models: int = 2  # loaded full-precision models in the server's memory (least recently used out)
     kept_results: int = 4  # loaded quantized models in the server's memory
     kept_artifacts: int = 64  # saved quantized models on disk; older ones are deleted
+    eval_dir: str | None = None  # the server owner's folder of real clips for the page's WER (None: demo clips)
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
@@ -65,7 +68,12 @@ class ServingPolicy:
             raise PolicyError(f"ASRQ_PUBLIC must be 1 or 0, not {switch!r}.")
         public = switch in ("1", "true", "yes") if switch else bool(env.get("SPACE_ID"))
         allowed = tuple(h.strip() for h in env.get("ASRQ_ALLOWED_MODELS", "").split(",") if h.strip())
-        return cls.public_defaults(allowed_hub_ids=allowed) if public else cls(allowed_hub_ids=allowed)
+        eval_dir = env.get("ASRQ_EVAL_DIR", "").strip() or None
+        if eval_dir is not None and not os.path.isdir(eval_dir):
+            raise PolicyError(f"ASRQ_EVAL_DIR={eval_dir!r} is not a folder.")
+        if public:
+            return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir)
+        return cls(allowed_hub_ids=allowed, eval_dir=eval_dir)
 
     def with_changes(self, **changes) -> ServingPolicy:
         return replace(self, **changes)

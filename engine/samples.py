@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.evaluate import load_dataset
+from engine.evaluate import Utterance, load_dataset
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_audio"
 
@@ -16,6 +16,7 @@ class SampleClip:
     path: Path
     transcript: str
     group: str  # "demo" or "calibration"
+    voice: str = ""  # the synthetic voice that speaks it
 
 
 def sample_clips(folder: Path = SAMPLE_DIR) -> list[SampleClip]:
@@ -26,5 +27,25 @@ def sample_clips(folder: Path = SAMPLE_DIR) -> list[SampleClip]:
         cols = line.split("\t")
         if len(cols) >= 3:
             groups[Path(cols[0]).stem] = cols[2]
-    clips = [SampleClip(u.id, u.path, u.reference, groups.get(u.id, "demo")) for u in load_dataset(folder)]
+    clips = [SampleClip(u.id, u.path, u.reference, groups.get(u.id, "demo"), u.voice) for u in load_dataset(folder)]
     return sorted(clips, key=lambda c: (c.group != "demo", c.name))
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The clips a page scores WER on, and how the page names them."""
+
+    utterances: tuple[Utterance, ...]
+    description: str  # e.g. "10 synthetic demo clips, 2 voices" or "50 clips from /data/mine"
+    folder: str | None  # None: the demo clips
+
+
+def eval_set(folder: str | Path | None = None) -> EvalSet:
+    """The demo clips (folder None or empty), or every clip of a user's folder of real recordings."""
+    if not folder:
+        demo = [c for c in sample_clips() if c.group == "demo"]
+        voices = len({c.voice for c in demo})
+        utterances = tuple(Utterance(c.name, c.path, c.transcript, c.voice) for c in demo)
+        return EvalSet(utterances, f"{len(demo)} synthetic demo clips, {voices} voice{'s' * (voices != 1)}", None)
+    utterances = tuple(load_dataset(folder))
+    return EvalSet(utterances, f"{len(utterances)} clips from {folder}", str(folder))

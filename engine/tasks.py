@@ -1,7 +1,9 @@
 """The tasks the worker process runs for the web app (see engine/jobs.py). Each returns plain JSON data.
 
-quantize: quantize with the page's settings (calibration from sample_audio drawn by seed), save the result
-as an artifact folder named by its run id, score it on the demo clips, and describe it.
+quantize: quantize with the page's settings (calibration from sample_audio drawn by seed, never a clip that is
+scored), save the result as an artifact folder named by its run id, score it on the page's evaluation set
+(the demo clips, or a folder of real recordings: engine/samples.eval_set) against full precision with
+bootstrap intervals, and describe it.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import shutil
 from pathlib import Path
 
 from engine.artifacts import ArtifactError, save_quantized, verify_artifact
-from engine.evaluate import Utterance, evaluate
-from engine.experiment import build_calibration, calibration_clips
+from engine.evaluate import evaluate
+from engine.experiment import build_calibration, calibration_clips, interval_summary
 from engine.jobs import ProgressFn, task
 from engine.layer_table import apply_overrides, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
 from engine.models import load_model
 from engine.quantize import quantize
-from engine.samples import SAMPLE_DIR, sample_clips
+from engine.samples import SAMPLE_DIR, EvalSet, eval_set
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,9 @@ APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on t
 
 
 def run_id_of(request: dict) -> str:
-    """A stable id for the same model, method settings, layer overrides and seed."""
-    key = json.dumps({k: request.get(k) for k in ("model", "method", "settings", "overrides", "seed")}, sort_keys=True)
+    """A stable id for the same model, method settings, layer overrides, seed (and evaluation folder, if any)."""
+    fields = ("model", "method", "settings", "overrides", "seed") + (("eval_dir",) if request.get("eval_dir") else ())
+    key = json.dumps({k: request.get(k) for k in fields}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -43,10 +46,6 @@ def layers_key(overrides: list[dict] | None) -> str:
     return f"{len(overrides)} edited rows #{digest}"
 
 
-def demo_utterances() -> list[Utterance]:
-    return [Utterance(c.name, c.path, c.transcript) for c in sample_clips() if c.group == "demo"]
-
-
 def _models(context: dict, safe_only: bool = False) -> ModelCache:
     """The worker's model cache; a public server's worker reads safetensors only (see engine/policy.py)."""
     key = f"models-safe-{safe_only}"
@@ -55,12 +54,13 @@ def _models(context: dict, safe_only: bool = False) -> ModelCache:
     return context[key]
 
 
-def _fp32_demo(context: dict, model: str, safe_only: bool = False):
-    """The full-precision model's report on the demo clips (computed once per worker)."""
-    cache = context.setdefault("fp32_demo", {})
-    if model not in cache:
-        cache[model] = evaluate(_models(context, safe_only).get(model), demo_utterances())
-    return cache[model]
+def _fp32_report(context: dict, model: str, clips: EvalSet, safe_only: bool = False):
+    """The full-precision model's report on an evaluation set (computed once per worker)."""
+    cache = context.setdefault("fp32_reports", {})
+    key = (model, clips.folder)
+    if key not in cache:
+        cache[key] = evaluate(_models(context, safe_only).get(model), clips.utterances)
+    return cache[key]
 
 
 @task("quantize")
@@ -81,15 +81,17 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     table = None
     if request.get("overrides"):
         table = apply_overrides(build_table(loaded.model, config.bits, config.group_size), request["overrides"])
+    scored = eval_set(request.get("eval_dir"))
     calibration = None
     if get_method(config.method).uses_calibration(config):
         progress(0.0, "preparing calibration audio")
-        clips = calibration_clips(SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(request.get("seed", 0)))
+        # Never calibrate on a clip that is scored: the WER would flatter the method.
+        clips = calibration_clips(SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(request.get("seed", 0)), scored.utterances)
         calibration = build_calibration(loaded, clips)
     result = quantize(loaded, config, calibration, layers=table, progress=lambda f, m: progress(0.9 * f, m))
-    progress(0.92, "scoring on the demo clips")
-    report = evaluate(result.loaded, demo_utterances())
-    fp32 = _fp32_demo(context, request["model"], request.get("safe_only", False))
+    progress(0.92, f"scoring on {scored.description}")
+    report = evaluate(result.loaded, scored.utterances)
+    fp32 = _fp32_report(context, request["model"], scored, request.get("safe_only", False))
     summary = {
         "run_id": run_id, "artifact": str(folder), "model": request["model"], "method": config.method,
         "bits": config.bits, "group_size": config.group_size, "seed": int(request.get("seed", 0)),
@@ -97,6 +99,8 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
         "layers_key": layers_key(request.get("overrides")),
         "calibration_clips": calibration.n_clips if calibration is not None else 0,
         "size": result.size.to_dict(), "seconds": result.seconds, "fake_quant": result.fake_quant,
+        # demo_* keep their names (the history's columns) but hold the scores on the evaluation set named here.
+        "eval_set": scored.description, "eval_clips": report.n_utterances, **interval_summary([report], fp32),
         "demo_wer": report.wer, "demo_wer_fp32": fp32.wer, "demo_rtf": report.rtf, "demo_rtf_fp32": fp32.rtf,
         "layer_records": [r.to_dict() for r in result.layer_records],
     }
@@ -107,27 +111,13 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
 
 @task("personalize")
 def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
-    """request: model, speaker, audio (paths), texts, n_train, adapters_root (optional). Trains LoRA on NF4
-    with the first n_train recordings, scores fp32 / NF4 / NF4+LoRA on the rest, saves the adapter."""
+    """request: model, speaker, audio (paths), texts, n_train, adapters_root (optional). LoRA on NF4 from the
+    first n_train recordings (the last of them validating), fp32 / NF4 / NF4+LoRA on the rest."""
     from engine.audio import load_audio
-    from engine.config import NF4Config
-    from engine.personalize import PersonalizeError, before_after, check_speaker, personalize, save_adapter
+    from engine.personalize import adapt_and_compare, check_speaker
 
     speaker = check_speaker(request["speaker"])
-    paths, texts, n_train = request["audio"], request["texts"], int(request["n_train"])
-    if len(paths) != len(texts) or not 0 < n_train < len(paths):
-        raise PersonalizeError(f"Record at least {n_train + 1} prompts: {n_train} to learn from and one to test on.")
-    audios = [load_audio(p, request.get("max_audio_seconds"), request.get("max_bytes")) for p in paths]
+    audios = [load_audio(p, request.get("max_audio_seconds"), request.get("max_bytes")) for p in request["audio"]]
     fp32 = _models(context, request.get("safe_only", False)).get(request["model"])
-    progress(0.02, "quantizing to NF4")
-    base = quantize(fp32, NF4Config()).loaded
-    base_info = {"name": request["model"], "quant_config": NF4Config().to_dict()}
-    adapter = personalize(base, speaker, audios[:n_train], texts[:n_train], base_info=base_info,
-                          progress=lambda f, m: progress(0.05 + 0.8 * f, m))
-    adapter.clips = [f"prompt {i + 1}" for i in range(n_train)]
-    folder = save_adapter(adapter, request.get("adapters_root"))
-    progress(0.9, "comparing before and after on the held-out prompts")
-    return {"speaker": speaker, "adapter": str(folder), "train_clips": n_train, "test_clips": len(texts) - n_train,
-            "trainable_parameters": adapter.trainable_parameters, "extra_fraction": adapter.extra_fraction,
-            "train_seconds": adapter.seconds, "losses": adapter.losses,
-            **before_after(fp32, base, adapter, audios[n_train:], texts[n_train:])}
+    return adapt_and_compare(fp32, speaker, audios, list(request["texts"]), int(request["n_train"]),
+                             adapters_root=request.get("adapters_root"), progress=progress)

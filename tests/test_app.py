@@ -36,6 +36,10 @@ def test_quantize_then_transcribe_side_by_side(client):
     info = client.predict("tiny.en", "rtn", 4, 64, 0.5, 0, "", api_name="/quantize")
     assert info["size_bytes"] < info["fp32_size_bytes"] / 2.5 and len(info["per_layer"]) == 64
     assert info["demo_wer"] < 0.3  # scored on the demo clips in the worker process
+    assert info["eval_set"] == "10 synthetic demo clips, 2 voices"
+    low, high = info["delta_ci95"]
+    assert low <= info["delta_wer"] <= high and info["wer_ci95"][0] <= info["demo_wer"] <= info["wer_ci95"][1]
+    assert "95% interval" in info["status"] and "on these 10 clips" in info["status"]
     clip = next(c for c in sample_clips() if c.name == "demo-05")
     fp, diff, details = client.predict(handle_file(str(clip.path)), "tiny.en", clip.name, info["run_id"],
                                        api_name="/transcribe")
@@ -71,3 +75,15 @@ def test_non_audio_gets_a_message_and_the_server_keeps_serving(client, tmp_path)
     clip = next(c for c in sample_clips() if c.name == "demo-01")
     text, _, _ = client.predict(handle_file(str(clip.path)), "tiny.en", None, "", api_name="/transcribe")
     assert "quantization" in text.lower()
+
+
+def test_a_folder_of_real_clips_is_scored_and_named(client):
+    from tests.conftest import speech_dir
+
+    folder = speech_dir("librispeech-dev-clean-misc")
+    info = client.predict("tiny.en", "rtn", 8, 64, 0.5, 0, "", str(folder), api_name="/quantize")
+    assert info["eval_set"] == f"5 clips from {folder}"
+    assert f"WER on 5 clips from {folder}" in info["status"] and "on these 5 clips" in info["status"]
+    assert info["demo_wer"] < 0.3  # 8-bit RTN on real read speech
+    with pytest.raises(Exception, match="does not exist on this server"):
+        client.predict("tiny.en", "rtn", 8, 64, 0.5, 0, "", "/no/such/folder", api_name="/quantize")

@@ -76,9 +76,12 @@ def test_quantize_save_then_transcribe_and_eval_the_artifact(tmp_path):
     evaluated = run("eval", "--quantized", str(out), "--data", "sample_audio", "--limit", "5", "--json")
     result = json.loads(evaluated.stdout)
     for key in ("model", "method", "bits", "n_utterances", "wer", "cer", "wer_std", "size_bytes", "fp32_size_bytes",
-                "rtf", "per_layer"):
+                "rtf", "per_layer", "wer_ci95", "wer_fp32", "delta_wer", "delta_ci95"):
         assert key in result, key
     assert result["method"] == "rtn" and result["n_utterances"] == 5
+    low, high = result["delta_ci95"]
+    assert low <= result["delta_wer"] <= high
+    assert result["delta_wer"] == pytest.approx(result["wer"] - result["wer_fp32"])
 
 
 def test_bad_layer_table_names_the_layer(tmp_path):

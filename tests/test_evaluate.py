@@ -78,3 +78,36 @@ def test_cli_eval_wer_ceiling_on_test_other(test_other):
     assert result["wer"] <= 0.155, result
     assert 0 < result["cer"] < result["wer"]
     assert 0 < result["rtf"] < 1
+
+
+def test_refs_tsv_voice_column_and_librispeech_speakers(tmp_path):
+    for name in ("a.wav", "b.wav", "1998-15444-0000.wav"):
+        make_clip(tmp_path / name)
+    (tmp_path / "refs.tsv").write_text("filename\ttranscript\tset\tvoice\na.wav\tone\tdemo\tjoe\nb.wav\ttwo\tdemo\theart\n"
+                                       "1998-15444-0000.wav\tthree\tdemo\t\n")
+    speakers = {u.id: u.speaker for u in load_dataset(tmp_path)}
+    assert speakers == {"a": "joe", "b": "heart", "1998-15444-0000": "librispeech-1998"}
+
+
+def test_calibration_draws_of_the_sample_clips_are_stratified_by_voice():
+    from collections import Counter
+
+    from engine.experiment import calibration_clips
+    from engine.samples import SAMPLE_DIR, eval_set
+
+    demo = eval_set(None)
+    assert demo.description == "10 synthetic demo clips, 2 voices"
+    for seed in range(4):
+        drawn = calibration_clips(SAMPLE_DIR, 16, seed, exclude=demo.utterances)
+        assert Counter(u.voice for u in drawn) == {"joe": 8, "heart": 8}
+        assert not {u.id for u in drawn} & {u.id for u in demo.utterances}  # never a scored clip
+    odd = calibration_clips(SAMPLE_DIR, 7, 0, exclude=demo.utterances)
+    assert sorted(Counter(u.voice for u in odd).values()) == [3, 4]
+
+
+def test_per_utterance_error_counts_add_up_to_corpus_wer():
+    scorer = TextScorer()
+    refs, hyps = ["the cat sat on the mat", "hello world", "Mr. Smith"], ["the cat sat on a mat", "", "mister smith"]
+    counts = [scorer.word_errors(r, h) for r, h in zip(refs, hyps)]
+    assert counts == [(1, 6), (2, 2), (0, 2)]
+    assert scorer.score(refs, hyps)[0] == pytest.approx(3 / 10)

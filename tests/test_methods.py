@@ -108,3 +108,31 @@ def test_registry_and_config_validation():
         QEPConfig(alpha=1.5)
     with pytest.raises(ConfigError, match="bits"):
         GPTQConfig(bits=7)
+
+
+def test_calibration_halves_are_speaker_disjoint_when_speakers_differ():
+    from engine.calibration import CalibrationData
+
+    def data(speakers):
+        n = len(speakers)
+        return CalibrationData(torch.zeros(n, 1, 4), (2,) * n, ((1, 2),) * n, tuple(speakers))
+
+    speakers = ("a", "a", "b", "c", "b", "a", "d")
+    split = data(speakers).split_of_clip().tolist()
+    halves = {s: {h for h, t in zip(split, speakers) if t == s} for s in set(speakers)}
+    assert all(len(h) == 1 for h in halves.values())  # each speaker feeds one half only
+    assert sorted([split.count(0), split.count(1)]) == [3, 4]  # dealt to balance the clip counts
+    assert data(("a",) * 5).split_of_clip().tolist() == [0, 1, 0, 1, 0]  # one speaker: clips alternate
+
+
+@pytest.mark.slow
+def test_sample_calibration_splits_fade_halves_by_voice(tiny):
+    from engine.experiment import build_calibration, calibration_clips
+    from engine.samples import SAMPLE_DIR, eval_set
+
+    clips = calibration_clips(SAMPLE_DIR, 6, 0, exclude=eval_set(None).utterances)
+    data = build_calibration(tiny, clips)
+    split = data.split_of_clip().tolist()
+    assert data.speakers == tuple(u.voice for u in clips)
+    assert {u.voice for u, h in zip(clips, split) if h == 0} != {u.voice for u, h in zip(clips, split) if h == 1}
+    assert all(len({h for u, h in zip(clips, split) if u.voice == v}) == 1 for v in ("joe", "heart"))

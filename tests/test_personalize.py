@@ -74,3 +74,24 @@ def test_before_after_scores_the_three_models_on_held_out_clips(tiny, nf4_base, 
     out = before_after(tiny, nf4_base, adapter, audios[8:], texts[8:])
     assert set(out["wer"]) == {"fp32", "nf4", "nf4+lora"} and all(len(t) == 2 for t in out["transcripts"].values())
     assert out["wer"]["fp32"] < 0.6  # real speech, real model: a WER that can fail
+
+
+def test_validation_picks_the_epoch_and_drops_an_adapter_that_does_not_help(nf4_base, speaker_clips):
+    audios, texts = speaker_clips
+    settings = LoRASettings(rank=4, epochs=2, batch_size=3)
+    adapter = personalize(nf4_base, "reader-1998", audios[:3], texts[:3], settings,
+                          val_audios=audios[3:4], val_texts=texts[3:4])
+    assert [v["epoch"] for v in adapter.validation] == [0, 1, 2]
+    best = min(adapter.validation, key=lambda v: (v["wer"], v["loss"]))
+    assert adapter.validation[adapter.best_epoch]["wer"] == best["wer"]
+    # A learning rate far too high wrecks the adapter; validation must see it and keep the base alone.
+    wrecked = personalize(nf4_base, "reader-1998", audios[:3], texts[:3],
+                          LoRASettings(rank=4, epochs=2, batch_size=3, lr=0.1), val_audios=audios[3:4],
+                          val_texts=texts[3:4])
+    assert wrecked.validation[1]["wer"] > wrecked.validation[0]["wer"]
+    assert wrecked.best_epoch == 0 and not wrecked.kept
+    assert all(not p.any() for n, p in wrecked.model.named_parameters() if "lora_B" in n)  # back to the base
+    from engine.personalize import before_after
+
+    out = before_after(nf4_base, nf4_base, wrecked, audios[8:], texts[8:])
+    assert not out["adapter_kept"] and out["wer"]["nf4+lora"] == out["wer"]["nf4"]

@@ -120,3 +120,12 @@ def test_pruning_keeps_the_newest_and_the_protected(tmp_path):
     assert sorted(removed) == ["mid"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".saving.partial", "new", "newest", "old"]
     assert prune_artifacts(tmp_path / "missing", keep=1) == []
+
+
+def test_the_owner_points_the_page_scoring_at_real_clips(tmp_path):
+    assert ServingPolicy.from_env({}).eval_dir is None
+    assert ServingPolicy.from_env({"ASRQ_EVAL_DIR": str(tmp_path)}).eval_dir == str(tmp_path)
+    public = ServingPolicy.from_env({"ASRQ_EVAL_DIR": str(tmp_path), "SPACE_ID": "me/app"})
+    assert public.public and public.eval_dir == str(tmp_path)
+    with pytest.raises(PolicyError, match="is not a folder"):
+        ServingPolicy.from_env({"ASRQ_EVAL_DIR": str(tmp_path / "missing")})

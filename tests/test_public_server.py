@@ -76,3 +76,9 @@ def test_waiting_room_is_bounded_with_one_job_per_visitor(server):
     assert explorer.history.count() == 2 and explorer.jobs.occupied == 0
     # Afterwards everyone is served again.
     assert carol.predict("tiny.en", "rtn", 6, 64, 0.5, 0, "", api_name="/quantize")["run_id"]
+
+
+def test_a_visitor_cannot_point_the_scoring_at_a_server_folder(server):
+    explorer, _ = server
+    assert explorer.eval_dir("/etc") is None  # a typed folder is ignored: the owner's ASRQ_EVAL_DIR (unset) rules
+    assert explorer.eval_dir("/no/such/folder") is None

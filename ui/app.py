@@ -44,6 +44,10 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
             seed = gr.Number(0, precision=0, label="Calibration seed", elem_id="seed", scale=1)
             preset = gr.Dropdown([(f"{name}: {text}", name) for name, (text, _) in PRESETS.items()], value="uniform",
                                  label="Preset (fills the per-layer table)", elem_id="preset", scale=2)
+        # Private servers may score on any folder of real recordings; a public one uses its owner's ASRQ_EVAL_DIR.
+        eval_dir = gr.Textbox(explorer.policy.eval_dir or "", label="Score WER on (folder of real clips with "
+                              "refs.tsv or LibriSpeech layout; empty: the synthetic demo clips)", elem_id="eval-dir",
+                              max_lines=1, visible=not explorer.policy.public)
         with gr.Accordion("Per-layer settings (edit bits, group size, alpha, action)", open=False):
             table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=True, elem_id="layers", max_height=360,
                                  static_columns=[0, 1, 2, 3])
@@ -75,8 +79,9 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         details = gr.Markdown(elem_id="details")
         gr.Markdown("## Personalise (PQM): teach the 4-bit model your voice")
         gr.Markdown("Read the sentences aloud (or upload recordings), then train: a small LoRA adapter (about 1% "
-                    "extra parameters) learns your voice on top of the frozen NF4 model. Most recordings train it, "
-                    "the last third test it.")
+                    "extra parameters) learns your voice on top of the frozen NF4 model. Most recordings train it "
+                    "(the last of them checks every epoch: the best one is kept, and no adapter at all if none "
+                    "helps), the last third test it.")
         speaker = gr.Textbox("my-voice", label="Adapter name", elem_id="speaker", max_lines=1)
         prompt_audio = [gr.Audio(sources=["microphone", "upload"], type="filepath", elem_id=f"prompt-{i}",
                                  label=f"{i + 1}. Read aloud: \u201c{text}\u201d")
@@ -91,7 +96,7 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         for trigger in (reset.click, bits.change, group_size.change, model.change, preset.change):
             trigger(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
         demo.load(explorer.history_view, outputs=[history, pareto_plot], api_visibility="private")
-        quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table],
+        quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table, eval_dir],
                            outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, history, pareto_plot],
                            api_visibility="private", concurrency_id="quantize", concurrency_limit=None)
         # Cancel must never wait behind the job it cancels: its own unlimited concurrency group.

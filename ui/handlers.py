@@ -40,8 +40,8 @@ from ui import plots
 
 PROMPTS = 6  # sentences offered for personalisation
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
-HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "demo WER %", "RTF",
-                   "run id"]
+HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "WER %", "scored on",
+                   "RTF", "run id"]
 WAITING_TRANSCRIPTIONS = 8  # transcriptions running or waiting before "busy" (each takes a second or two)
 
 
@@ -135,8 +135,16 @@ class Explorer:
         return changed or None
 
     # ---------------------------------------------------------------- quantize (in the worker process)
+    def eval_dir(self, typed: str | None = None) -> str | None:
+        """The folder the page scores on: a private server's typed folder, else the owner's ASRQ_EVAL_DIR, else
+        None (the demo clips). A public server never reads a folder a visitor typed."""
+        typed = (typed or "").strip() if not self.policy.public else ""
+        if typed and not Path(typed).is_dir():
+            raise UserError(f"The evaluation folder {typed[:200]!r} does not exist on this server.")
+        return typed or self.policy.eval_dir
+
     def _request(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
-                 overrides: list[dict] | None) -> dict:
+                 overrides: list[dict] | None, eval_dir: str | None = None) -> dict:
         entry = get_method(method)
         try:
             settings = {"bits": _integer(bits), "group_size": _integer(group_size)}
@@ -150,7 +158,8 @@ class Explorer:
         if overrides is not None:  # so is a bad layer row (the worker applies them again)
             apply_overrides(build_table(self.models.get(model_name).model, config.bits, config.group_size), overrides)
         return {"model": model_name, "method": method, "settings": settings, "seed": int(seed),
-                "overrides": overrides, "artifact_root": str(self.artifact_root), "safe_only": self.policy.public}
+                "overrides": overrides, "artifact_root": str(self.artifact_root), "safe_only": self.policy.public,
+                "eval_dir": self.eval_dir(eval_dir)}
 
     def _check_model(self, model_name: str) -> None:
         self.policy.check_model(model_name)
@@ -195,12 +204,12 @@ class Explorer:
         return summary["run_id"], summary
 
     def quantize_model(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
-                       rows=None, request: gr.Request = None, progress=gr.Progress()):
+                       rows=None, eval_dir: str | None = None, request: gr.Request = None, progress=gr.Progress()):
         """The Quantize button: run id, status, the three figures, the latency gauge, history and Pareto."""
         session = getattr(request, "session_hash", None)
         try:
             overrides = self._changed_rows(model_name, bits, group_size, rows)
-            job = self._request(model_name, method, bits, group_size, alpha, seed, overrides)
+            job = self._request(model_name, method, bits, group_size, alpha, seed, overrides, eval_dir)
             progress(0.0, desc="waiting for the worker" if self.pool.busy else "starting")
             run_id, summary = self._run_quantize(job, session, lambda f, msg: progress(f, desc=msg))
         except JobCancelled:
@@ -232,17 +241,20 @@ class Explorer:
         runs = self.history.runs(limit=200)
         rows = [[time.strftime("%H:%M:%S", time.localtime(r["finished"])), r["model"], r["method"], r["bits"],
                  r["group_size"], r["layers_key"] or "preset", r["seed"], round(r["size_bytes"] / 1e6, 2),
-                 None if r["demo_wer"] is None else round(100 * r["demo_wer"], 1), round(r["demo_rtf"] or 0, 3),
-                 r["run_id"]] for r in runs]
+                 None if r["demo_wer"] is None else round(100 * r["demo_wer"], 1),
+                 r["eval_set"] or "10 synthetic demo clips, 1 voice",
+                 round(r["demo_rtf"] or 0, 3), r["run_id"]] for r in runs]
         return rows, plots.pareto(runs)
 
     def api_quantize(self, model: str = "tiny.en", method: str = "fade", bits: int = 4, group_size: int = 64,
-                     alpha: float = 0.75, seed: int = 0, layers_json: str = "", request: gr.Request = None) -> dict:
+                     alpha: float = 0.75, seed: int = 0, layers_json: str = "", eval_dir: str = "",
+                     request: gr.Request = None) -> dict:
         """Quantize a model; pass the returned run_id to /transcribe. layers_json: optional list of
-        {"name", "bits", "group_size", "alpha", "action"} rows overriding single layers."""
+        {"name", "bits", "group_size", "alpha", "action"} rows overriding single layers. eval_dir (private
+        servers only): a folder of real clips to score on instead of the demo clips."""
         try:
             overrides = json.loads(layers_json) if layers_json.strip() else None
-            job = self._request(model, method, bits, group_size, alpha, seed, overrides)
+            job = self._request(model, method, bits, group_size, alpha, seed, overrides, eval_dir)
             run_id, summary = self._run_quantize(job, getattr(request, "session_hash", None), lambda f, m: None)
         except json.JSONDecodeError as exc:
             raise gr.Error(f"layers_json is not valid JSON ({exc}).") from exc
@@ -250,15 +262,14 @@ class Explorer:
             raise gr.Error(str(exc)) from exc
         return {"run_id": run_id, "status": self._status(summary), "size_bytes": summary["size"]["size_bytes"],
                 "fp32_size_bytes": summary["size"]["fp32_size_bytes"], "seconds": summary["seconds"],
-                "demo_wer": summary["demo_wer"], "per_layer": summary["layer_records"]}
+                "demo_wer": summary["demo_wer"], "eval_set": summary.get("eval_set"),
+                "wer_ci95": summary.get("wer_ci95"), "delta_wer": summary.get("delta_wer"),
+                "delta_ci95": summary.get("delta_ci95"), "per_layer": summary["layer_records"]}
 
     @staticmethod
     def _size(summary: dict) -> SizeReport:
         return SizeReport(**{k: summary["size"][k] for k in
                              ("size_bytes", "fp32_size_bytes", "fp16_size_bytes", "quantized_weight_bytes")})
-
-    def _demo_count(self) -> int:
-        return sum(c.group == "demo" for c in self.samples.values())
 
     def _status(self, summary: dict) -> str:
         c = summary["config"]
@@ -268,9 +279,21 @@ class Explorer:
         return (f"**{c['method']} {c['bits']}-bit** (group {c['group_size']}) in {summary['seconds']:.1f} s{calib}: "
                 f"{size.size_bytes / 1e6:.1f} MB, {size.compression_vs_fp32:.2f}x smaller than fp32 "
                 f"(quantized layers {size.quantized_weight_bytes / 1e6:.1f} MB; embeddings, convolutions, norms and "
-                f"kept layers at fp16 {rest / 1e6:.1f} MB). WER on the {self._demo_count()} demo clips: "
-                f"**{100 * summary['demo_wer']:.1f}%** (full precision {100 * summary['demo_wer_fp32']:.1f}%). "
+                f"kept layers at fp16 {rest / 1e6:.1f} MB). {self._accuracy(summary)} "
                 f"Weights are dequantized for this demo (*fake quant*): same speed as fp32.")
+
+    @staticmethod
+    def _accuracy(summary: dict) -> str:
+        """The WER sentence: which clips, the interval, and the difference to full precision in words."""
+        where = summary.get("eval_set", "the demo clips")
+        line = f"WER on {where}: **{100 * summary['demo_wer']:.1f}%**"
+        if summary.get("wer_ci95"):
+            low, high = summary["wer_ci95"]
+            line += f" (95% interval {100 * low:.1f} to {100 * high:.1f})"
+        line += f", full precision {100 * summary['demo_wer_fp32']:.1f}%."
+        if summary.get("delta_words"):
+            line += f" Against full precision: {summary['delta_words']}."
+        return line
 
     # ---------------------------------------------------------------- personalise (PQM)
     def prompts(self) -> list[str]:
@@ -306,14 +329,22 @@ class Explorer:
             gr.Warning(str(exc))
             return f"**Not done:** {exc}"
         w = out["wer"]
-        verdict = "better" if w["nf4+lora"] < w["nf4"] else "not better"
         lines = [f"Adapter **{out['speaker']}**: {out['trainable_parameters']:,} parameters "
                  f"({100 * out['extra_fraction']:.2f}% of the model), trained on {out['train_clips']} recordings in "
-                 f"{out['train_seconds']:.0f} s. On your {out['test_clips']} held-out recording(s):", "",
-                 "| model | WER |", "| --- | ---: |",
-                 f"| full precision | {100 * w['fp32']:.1f}% |", f"| NF4 (4-bit) | {100 * w['nf4']:.1f}% |",
-                 f"| NF4 + your adapter | {100 * w['nf4+lora']:.1f}% |", "",
-                 f"After personalisation the 4-bit model is {verdict} on your voice than before."]
+                 f"{out['train_seconds']:.0f} s for {out['best_epoch']} epoch(s), the count chosen on "
+                 f"{out['validation_clips']} of them held out first."]
+        if not out["adapter_kept"]:
+            lines = [f"**The adapter did not help**: on your validation recording(s) no training epoch beat the 4-bit "
+                     f"model alone, so no adapter was kept for **{out['speaker']}**; the plain NF4 model is the better "
+                     f"choice for your voice."]
+        verdict = "better" if w["nf4+lora"] < w["nf4"] else "no better" if w["nf4+lora"] == w["nf4"] else "worse"
+        lines += [f"On your {out['test_clips']} held-out recording(s):", "",
+                  "| model | WER |", "| --- | ---: |",
+                  f"| full precision | {100 * w['fp32']:.1f}% |", f"| NF4 (4-bit) | {100 * w['nf4']:.1f}% |",
+                  f"| NF4 + your adapter | {100 * w['nf4+lora']:.1f}% |" if out["adapter_kept"] else
+                  "| NF4 + your adapter | not kept |", ""]
+        if out["adapter_kept"]:
+            lines.append(f"After personalisation the 4-bit model is {verdict} on your voice than before.")
         return "\n".join(lines)
 
     def _visitor_adapters(self, session: str | None) -> Path:

@@ -118,6 +118,6 @@ def pareto(runs: list[dict]) -> go.Figure:
                                  name="fp32", marker=dict(symbol="star", size=14, color="black")), row=1, col=1)
     fig.update_xaxes(title_text="size (MB)", row=1, col=1)
     fig.update_xaxes(title_text="real-time factor (fake quant unless noted)", row=1, col=2)
-    fig.update_yaxes(title_text="WER on the demo clips (%)", row=1, col=1)
+    fig.update_yaxes(title_text="WER on the page's evaluation set (%)", row=1, col=1)
     fig.update_layout(height=HEIGHT + 60, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.25))
     return fig

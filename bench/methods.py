@@ -175,7 +175,9 @@ def row_statistics(rs: list, fp32: dict) -> str:
 
 
 NOTES = {
-    "methods": "",
+    "methods": ("The two-voice sample rows (calibration 'sample') ran while tests and the personalisation bench "
+                "shared the two cores: their quant s are two to four times the uncontended figures of the older "
+                "rows. Rows with fewer than 5 seeds are unfinished (the bench resumes them)."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
                  "with Whisper's temperature fallback (engine/transcribe.py: a window whose tokens compress "
                  "above 1.35 or whose mean log-probability is below -1 is decoded again at temperature 0.2 ... "
@@ -235,7 +237,9 @@ def markdown(runs: dict, note: str = "") -> str:
                      f"{row_statistics(rs, runs.get('fp32'))}"
                      f"{mean_std([r['quant_seconds'] for r in rs])[0]:.0f} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
     lines += ["", "sample = the project's sample_audio (two TTS voices, Piper joe and hibari heart, draws stratified "
-              "by voice); real = ../shared/speech outside test-other. Design speakers: LibriSpeech "
+              "by voice); sample 1 voice = the earlier sample_audio, Piper joe alone (rows kept for comparison); "
+              "real = ../shared/speech outside test-other. '(alternating halves)' marks FADE rows from before its "
+              "held-out halves became speaker-disjoint. Design speakers: LibriSpeech "
               f"{' and '.join(DESIGN_SPEAKERS)} (20 clips), on which design settings are chosen; other: the remaining "
               "3 speakers (30 clips). Δ vs fp32: the row's mean WER minus fp32's on the same 50 clips, with a paired "
               "bootstrap 95% interval over clips and the row's seeds (engine/intervals.py); '-' for runs made before "

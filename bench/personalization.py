@@ -49,7 +49,8 @@ def main(argv=None) -> dict:
         row = {"speaker": speaker, "train_clips": out["train_clips"], "validation_clips": out["validation_clips"],
                "test_clips": out["test_clips"], "train_seconds": out["train_seconds"],
                "trainable_parameters": out["trainable_parameters"], "extra_fraction": out["extra_fraction"],
-               "loss_first": out["losses"][0], "loss_last": out["losses"][-1], "best_epoch": out["best_epoch"],
+               "loss_first": out["losses"][0] if out["losses"] else None,  # no losses: adapter not kept
+               "loss_last": out["losses"][-1] if out["losses"] else None, "best_epoch": out["best_epoch"],
                "adapter_kept": out["adapter_kept"], "validation": out["validation"]}
         for name, texts in hyps.items():
             row[f"wer_{name}"] = pooled_wer(scorer, refs, texts)
@@ -82,7 +83,8 @@ def markdown(data: dict) -> str:
     worse = [r["speaker"] for r in data["speakers"] if r["wer_nf4+lora"] > r["wer_nf4"]]
     lines += ["", "Epoch kept: chosen on the validation clips (4 clips train, 2 validate) by greedy WER, ties broken by "
               "teacher-forced loss; the kept adapter is then trained on all 6 clips for that many epochs. 0 means "
-              "no epoch beat NF4 there and no adapter was kept (the NF4+LoRA column then repeats NF4). "
+              "no epoch had a lower validation WER than NF4 and no adapter was kept (the NF4+LoRA column then "
+              "repeats NF4). "
               + (f"NF4+LoRA is worse than NF4 for speaker(s) {', '.join(worse)}." if worse
                  else "NF4+LoRA is never worse than NF4 for any speaker.")]
     beats = p["nf4+lora"] < p["fp32"]

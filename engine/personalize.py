@@ -8,9 +8,10 @@ apart from the base, one folder per speaker under the adapters root:
 Loading checks that the adapter was trained on the same base before applying it.
 
 Never worse off: with validation recordings (held out from training), the adapter is scored after every
-epoch and at epoch 0 (the base alone) by greedy WER on them, ties broken by teacher-forced loss. When the
-best is epoch 0 the adapter is not kept at all (``kept`` False): the speaker is better served by the base
-model. Otherwise the adapter is trained again on all the recordings for the best epoch count.
+epoch and at epoch 0 (the base alone) by greedy WER on them. The adapter is kept only when some epoch has a
+lower validation WER than the base (the best such epoch, ties broken by teacher-forced loss); else it is not
+kept at all (``kept`` False): the speaker is better served by the base model. A kept adapter is trained
+again on all the recordings for the best epoch count.
 """
 
 from __future__ import annotations
@@ -132,9 +133,11 @@ def _validation_score(peft_model, base: LoadedModel, val, val_audios, val_texts)
     return {"wer": TextScorer().score(list(val_texts), hyps)[0], "loss": loss}
 
 
-def _better(a: dict, b: dict) -> bool:
-    """a beats b: lower WER, or the same WER and a loss lower by more than 1%."""
-    return a["wer"] < b["wer"] or (a["wer"] == b["wer"] and a["loss"] < 0.99 * b["loss"])
+def best_epoch_of(validation: Sequence[dict]) -> int:
+    """The trained epoch with the lowest validation WER (ties: lowest loss), or 0 when none has a lower WER than
+    the base (epoch 0): a lower loss alone is no evidence the speaker would hear fewer mistakes."""
+    best = min(validation[1:], key=lambda v: (v["wer"], v["loss"]), default=validation[0])
+    return best["epoch"] if best["wer"] < validation[0]["wer"] else 0
 
 
 def _check_clips(speaker: str, audios, texts, val_audios, val_texts) -> None:
@@ -204,11 +207,7 @@ def personalize(base: LoadedModel, speaker: str, audios: Sequence[np.ndarray], t
         _train(base, audios, texts, settings, settings.epochs, validation_progress,
                lambda epoch, model: validation.append(
                    {"epoch": epoch, **_validation_score(model, base, val, val_audios, val_texts)}))
-        best = validation[0]
-        for score in validation[1:]:
-            if _better(score, best):
-                best = score
-        best_epoch = best["epoch"]
+        best_epoch = best_epoch_of(validation)
     if best_epoch == 0:  # no epoch beat the base: an adapter with LoRA's B at zero is the base itself
         peft_model, trainable, losses = _train(base, audios, texts, settings, 0, progress)
     elif best_epoch is not None:

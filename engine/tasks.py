@@ -28,13 +28,16 @@ from engine.samples import SAMPLE_DIR, EvalSet, eval_set
 
 log = logging.getLogger(__name__)
 
+# Saved results of an older version are not reused: version 2 calibrates on two voices (stratified, never on a
+# scored clip) and stores intervals.
+RESULTS_VERSION = 2
 APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
 
 
 def run_id_of(request: dict) -> str:
     """A stable id for the same model, method settings, layer overrides, seed (and evaluation folder, if any)."""
     fields = ("model", "method", "settings", "overrides", "seed") + (("eval_dir",) if request.get("eval_dir") else ())
-    key = json.dumps({k: request.get(k) for k in fields}, sort_keys=True)
+    key = json.dumps({"version": RESULTS_VERSION, **{k: request.get(k) for k in fields}}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

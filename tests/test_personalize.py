@@ -82,8 +82,8 @@ def test_validation_picks_the_epoch_and_drops_an_adapter_that_does_not_help(nf4_
     adapter = personalize(nf4_base, "reader-1998", audios[:3], texts[:3], settings,
                           val_audios=audios[3:4], val_texts=texts[3:4])
     assert [v["epoch"] for v in adapter.validation] == [0, 1, 2]
-    best = min(adapter.validation, key=lambda v: (v["wer"], v["loss"]))
-    assert adapter.validation[adapter.best_epoch]["wer"] == best["wer"]
+    best = min(adapter.validation[1:], key=lambda v: (v["wer"], v["loss"]))
+    assert adapter.best_epoch == (best["epoch"] if best["wer"] < adapter.validation[0]["wer"] else 0)
     # A learning rate far too high wrecks the adapter; validation must see it and keep the base alone.
     wrecked = personalize(nf4_base, "reader-1998", audios[:3], texts[:3],
                           LoRASettings(rank=4, epochs=2, batch_size=3, lr=0.1), val_audios=audios[3:4],
@@ -95,3 +95,14 @@ def test_validation_picks_the_epoch_and_drops_an_adapter_that_does_not_help(nf4_
 
     out = before_after(nf4_base, nf4_base, wrecked, audios[8:], texts[8:])
     assert not out["adapter_kept"] and out["wer"]["nf4+lora"] == out["wer"]["nf4"]
+
+
+def test_an_adapter_is_kept_only_for_a_lower_validation_wer():
+    from engine.personalize import best_epoch_of
+
+    def trace(*pairs):
+        return [{"epoch": i, "wer": w, "loss": loss} for i, (w, loss) in enumerate(pairs)]
+
+    assert best_epoch_of(trace((0.2, 1.0), (0.1, 0.8), (0.1, 0.7), (0.15, 0.6))) == 2  # lowest WER, then loss
+    assert best_epoch_of(trace((0.0, 1.0), (0.0, 0.3), (0.1, 0.2))) == 0  # nothing to fix: a lower loss is not enough
+    assert best_epoch_of(trace((0.1, 1.0), (0.2, 0.5))) == 0

@@ -9,7 +9,7 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory
+from bench import deployment, foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
 SEED_METHOD_RUNS = (
@@ -38,6 +38,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     foundation.main()
     kernels.main([])
+    deployment.main([])
     methods.main([])
     quant_memory.main([])
     for args in SEED_METHOD_RUNS:

@@ -1,4 +1,4 @@
-"""The ``asrq`` command line: models, transcribe, eval, record, serve.
+"""The ``asrq`` command line: models, transcribe, eval, quantize, export, personalize, record, serve.
 
 Problems the user can fix print one sentence to stderr and exit with status 2.
 """
@@ -76,13 +76,48 @@ def _model_for(args: argparse.Namespace):
     return quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config)).loaded
 
 
+def _model_to_run(args: argparse.Namespace):
+    """Like _model_for, with the codes a real runtime packs (engine/runtimes.ModelToRun)."""
+    from engine.models import load_model
+    from engine.runtimes import ModelToRun
+
+    if args.quantized:
+        from safetensors.numpy import load_file
+
+        from engine.artifacts import WEIGHTS_FILE, load_quantized, weights_from
+
+        loaded, meta = load_quantized(args.quantized)
+        weights = weights_from(meta, load_file(f"{args.quantized}/{WEIGHTS_FILE}"), loaded.model)
+        dropped = frozenset(meta["dropped"])
+        full = frozenset(r["name"] for r in meta["layers"] if r["bits"] >= 16 and r["name"] not in dropped)
+        return ModelToRun(loaded, weights, full, dropped, meta["fake_quant"], meta["model"]["name"])
+    loaded = load_model(args.model)
+    if not args.method:
+        return ModelToRun(loaded, base_model=args.model)
+    from engine.quantize import quantize
+
+    config = _quant_config(args)
+    result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config))
+    full = frozenset(r.name for r in result.table if r.bits >= 16 and r.name not in result.dropped)
+    return ModelToRun(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant, args.model)
+
+
+def _runtime(args: argparse.Namespace, model):
+    from engine.runtimes import open_runtime
+
+    return open_runtime(args.runtime, model, threads=args.threads)
+
+
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from engine.audio import load_audio
     from engine.transcribe import transcribe
 
     audios = [load_audio(path) for path in args.audio]  # fail on bad input before loading the model
-    loaded = _model_for(args)
-    texts = transcribe(loaded, audios, batch_size=args.batch_size, language=args.language, fallback=args.fallback)
+    if args.runtime != "torch":
+        texts = _runtime(args, _model_to_run(args)).transcribe(audios)
+    else:
+        loaded = _model_for(args)
+        texts = transcribe(loaded, audios, batch_size=args.batch_size, language=args.language, fallback=args.fallback)
     if args.json:
         print(json.dumps([{"audio": a, "text": t} for a, t in zip(args.audio, texts)], indent=2))
     else:
@@ -98,6 +133,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     utterances = data_utterances(args.data, args.limit)
     where = {"data": str(args.data), "decoding": "fallback" if args.fallback else "greedy"}
+    if args.runtime != "torch":
+        return _eval_on_runtime(args, utterances, where)
     if args.method and not args.quantized:
         loaded = load_model(args.model)
         config = _quant_config(args)
@@ -126,6 +163,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     fp32 = (evaluate(load_model(fp32_model), utterances, batch_size=args.batch_size, fallback=args.fallback)
             if fp32_model else None)
     result = {**head, **where, "wer_std": 0.0, **report.to_dict(args.per_utterance), **interval_summary([report], fp32)}
+    return _print_eval(args, result)
+
+
+def _eval_on_runtime(args: argparse.Namespace, utterances, where: dict) -> int:
+    """Score on a real runtime; a quantized model is compared with its full-precision model on the same runtime."""
+    from engine.evaluate import evaluate_transcriber
+    from engine.experiment import interval_summary
+    from engine.runtimes import ModelToRun
+
+    if args.fallback:
+        raise UserError("real runtimes decode greedily here; --fallback needs --runtime torch.")
+    model = _model_to_run(args)
+    runtime = _runtime(args, model)
+    report = evaluate_transcriber(runtime.transcribe, utterances)
+    fp32 = None
+    if model.weights:
+        from engine.models import load_model
+
+        base = load_model(model.base_model)
+        fp32 = evaluate_transcriber(_runtime(args, ModelToRun(base, base_model=model.base_model)).transcribe, utterances)
+    result = {"model": model.loaded.name, "method": args.method or ("quantized" if args.quantized else "fp32"),
+              "runtime": runtime.label, **where, "wer_std": 0.0, **report.to_dict(args.per_utterance),
+              **interval_summary([report], fp32)}
     return _print_eval(args, result)
 
 
@@ -167,6 +227,19 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import export_quantized
+
+    report = export_quantized(args.quantized, args.format, args.out)
+    if args.json:
+        print(json.dumps({"out": str(report.path), "format": args.format, "container": report.container,
+                          "file_bytes": report.file_bytes, "exact_layers": report.exact_layers,
+                          "ggml_rounded": report.ggml_rounded, "notes": report.notes}, indent=2))
+    else:
+        print(report.describe())
+    return 0
+
+
 def _cmd_record(args: argparse.Namespace) -> int:
     from engine.record import record
 
@@ -183,13 +256,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max",
-                  "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
+                  "rule", "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
                   "activation_bits", "clip_search")
 
 
 def _add_decoding_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fallback", action="store_true",
                    help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("torch", "whisper.cpp", "ctranslate2"), default="torch",
+                   help="run in torch (ours; quantized weights as floats) or in a real runtime on the exported file")
+    p.add_argument("--threads", type=int, help="threads for every runtime (default: torch's thread count)")
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -204,6 +283,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
                    help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")
     g.add_argument("--alpha-max", type=float, help="fade: upper bound of a layer's alpha (default 1)")
+    g.add_argument("--rule", choices=("heldout", "shrink"),
+                   help="fade: a layer's alpha is its held-out optimum (default) or shrunk toward --alpha")
     g.add_argument("--damping", type=float, help="GPTQ and GQ damping (fraction of mean diag H)")
     g.add_argument("--qep-damping", type=float)
     g.add_argument("--block-size", type=int)
@@ -292,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
     _add_decoding_option(p)
+    _add_runtime_options(p)
     _add_quant_options(p)
     p.set_defaults(func=_cmd_transcribe)
 
@@ -305,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
     p.add_argument("--seeds", type=int, default=1, help="calibration seeds (mean and std of WER)")
     _add_decoding_option(p)
+    _add_runtime_options(p)
     _add_quant_options(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -314,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_quant_options(p, required=True)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("export", help="write a quantized model in a runtime's format (whisper.cpp, ctranslate2)")
+    p.add_argument("--quantized", required=True, help="a folder saved by `asrq quantize` or the page")
+    p.add_argument("--format", required=True, choices=("whisper.cpp", "ctranslate2"))
+    p.add_argument("--out", required=True, help="whisper.cpp: the .bin model file; ctranslate2: a new folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("personalize", help="adapt LoRA on the NF4 model to one speaker (PQM)")
     p.add_argument("--speaker", required=True, help="adapter name (letters, digits, . _ -)")

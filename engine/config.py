@@ -96,16 +96,18 @@ class QEPConfig(GPTQConfig):
 class FADEConfig(QEPConfig):
     """QEP with a per-layer alpha computed from layer diagnostics (see engine/methods/fade.py)."""
 
-    alpha: float = 0.75  # the prior alpha that unreliable layers shrink toward (0.75 beat 0.5 at 3 and 4 bits)
+    alpha: float = 0.75  # the prior: "shrink" pulls unreliable layers toward it; "heldout" uses it for degenerate solves
     # Upper bound of a layer's alpha. Set to the prior, a reliable layer can only lower alpha; measured, that
     # was worse at 4 bits with both calibration sources (docs/methods.md), so the default leaves it open.
     alpha_max: float = 1.0
+    rule: str = "heldout"  # how a layer's alpha follows from its held-out optimum (engine/methods/fade.py)
 
     method = "fade"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0.0 <= self.alpha_max <= 1.0, f"alpha_max must be between 0 and 1, not {self.alpha_max}.")
+        _check(self.rule in ("heldout", "shrink"), f"FADE's rule must be heldout or shrink, not {self.rule!r}.")
 
 
 @dataclass(frozen=True)

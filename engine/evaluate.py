@@ -207,13 +207,21 @@ def evaluate(
     scorer: TextScorer | None = None,
     fallback: bool = False,
 ) -> EvalReport:
-    """Transcribe every utterance and score it; decoding time excludes file loading.
+    """Transcribe every utterance with our model in torch and score it; decoding time excludes file loading.
 
     fallback: Whisper's temperature fallback (engine/transcribe.py) instead of greedy decoding alone."""
+    return evaluate_transcriber(
+        lambda audios: transcribe(loaded, audios, batch_size=batch_size, progress=progress, fallback=fallback),
+        utterances, scorer)
+
+
+def evaluate_transcriber(transcribe_all: Callable[[list[np.ndarray]], list[str]], utterances: Sequence[Utterance],
+                         scorer: TextScorer | None = None) -> EvalReport:
+    """Score any transcriber (audios -> texts; a runtime's transcribe) on the utterances, timing the decoding."""
     scorer = scorer or TextScorer()
     audios = [load_audio(u.path) for u in utterances]
     start = time.perf_counter()
-    hypotheses = transcribe(loaded, audios, batch_size=batch_size, progress=progress, fallback=fallback)
+    hypotheses = transcribe_all(audios)
     elapsed = time.perf_counter() - start
     seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     wer, cer = scorer.score([u.reference for u in utterances], hypotheses)

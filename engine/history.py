@@ -72,11 +72,14 @@ class RunHistory:
                        f"({', '.join('?' * (len(COLUMNS) + 1))})", row)
 
     def runs(self, limit: int = 500) -> list[dict]:
-        """Most recent first, without the full summaries (but with the name of the set the WER was scored on)."""
+        """Most recent first, without the full summaries (but with the evaluation set's name and the real runtime's time)."""
         with closing(self._connect()) as db:
-            cursor = db.execute(f"SELECT {', '.join(COLUMNS)}, json_extract(summary, '$.eval_set') FROM runs "
+            cursor = db.execute(f"SELECT {', '.join(COLUMNS)}, json_extract(summary, '$.eval_set'), "
+                                "json_extract(summary, '$.real_latency.rtf'), "
+                                "json_extract(summary, '$.real_latency.runtime') FROM runs "
                                 "ORDER BY finished DESC LIMIT ?", (limit,))
-            return [dict(zip((*COLUMNS, "eval_set"), values)) for values in cursor.fetchall()]
+            names = (*COLUMNS, "eval_set", "real_rtf", "real_runtime")
+            return [dict(zip(names, values)) for values in cursor.fetchall()]
 
     def summary(self, run_id: str) -> dict | None:
         with closing(self._connect()) as db:

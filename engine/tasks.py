@@ -3,7 +3,8 @@
 quantize: quantize with the page's settings (calibration from sample_audio drawn by seed, never a clip that is
 scored), save the result as an artifact folder named by its run id, score it on the page's evaluation set
 (the demo clips, or a folder of real recordings: engine/samples.eval_set) against full precision with
-bootstrap intervals, and describe it.
+bootstrap intervals, time it on the fastest real runtime that runs its format (engine/latency.py), and
+describe it.
 """
 
 from __future__ import annotations
@@ -13,25 +14,33 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
+import torch
+
 from engine.artifacts import ArtifactError, save_quantized, verify_artifact
+from engine.audio import load_audio
 from engine.evaluate import evaluate
 from engine.experiment import build_calibration, calibration_clips, interval_summary
 from engine.jobs import ProgressFn, task
+from engine.latency import fastest_real_runtime
 from engine.layer_table import apply_overrides, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
 from engine.models import load_model
 from engine.quantize import quantize
+from engine.runtimes import ModelToRun
 from engine.samples import SAMPLE_DIR, EvalSet, eval_set
 
 log = logging.getLogger(__name__)
 
 # Saved results of an older version are not reused: version 2 calibrates on two voices (stratified, never on a
-# scored clip) and stores intervals.
-RESULTS_VERSION = 2
+# scored clip) and stores intervals; version 3 adds the latency on a real runtime.
+RESULTS_VERSION = 3
 APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
+LATENCY_CLIPS = 3  # scored clips timed on the real runtime (after a warm-up on the first)
+WHISPER_CPP_FILE = "model-whisper.cpp.bin"  # in the run's artifact folder: the page's download
 
 
 def run_id_of(request: dict) -> str:
@@ -55,6 +64,21 @@ def _models(context: dict, safe_only: bool = False) -> ModelCache:
     if key not in context:
         context[key] = ModelCache(capacity=2, loader=lambda name: load_model(name, safe_only=safe_only))
     return context[key]
+
+
+def _real_latency(context: dict, model: ModelToRun, clips: EvalSet, workdir: Path,
+                  key: tuple | None = None) -> dict | None:
+    """The fastest real runtime's latency on the first scored clips (cached per worker under key, if given);
+    the runtimes' model files stay in workdir."""
+    cache = context.setdefault("real_latency", {})
+    if key is not None and key in cache:
+        return cache[key]
+    audios = [load_audio(u.path) for u in clips.utterances[:LATENCY_CLIPS]]
+    found = fastest_real_runtime(model, audios, torch.get_num_threads(), workdir)
+    value = found.to_dict() if found else None
+    if key is not None:
+        cache[key] = value
+    return value
 
 
 def _fp32_report(context: dict, model: str, clips: EvalSet, safe_only: bool = False):
@@ -95,7 +119,31 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     progress(0.92, f"scoring on {scored.description}")
     report = evaluate(result.loaded, scored.utterances)
     fp32 = _fp32_report(context, request["model"], scored, request.get("safe_only", False))
-    summary = {
+    progress(0.94, "timing on a real runtime")
+    full = frozenset(r.name for r in result.table if r.bits >= 16 and r.name not in result.dropped)
+    runnable = ModelToRun(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant,
+                          request["model"])
+    fp32_model = ModelToRun(_models(context, request.get("safe_only", False)).get(request["model"]),
+                            base_model=request["model"])
+    workdir = Path(tempfile.mkdtemp(prefix="asrq-latency-"))
+    try:
+        real = _real_latency(context, runnable, scored, workdir / "quantized")
+        real_fp32 = _real_latency(context, fp32_model, scored, workdir / "fp32", (request["model"], scored.folder))
+        # The whisper.cpp file the timing ran on is the page's download (kept with the artifact).
+        exported = workdir / "quantized" / "whisper.cpp" / "model-ggml.bin"
+        summary = _summary(request, run_id, folder, config, calibration, result, scored, report, fp32, real, real_fp32)
+        summary["whisper_cpp_file"] = WHISPER_CPP_FILE if exported.is_file() else None
+        progress(0.97, "saving the quantized model")
+        save_quantized(result, folder, extra={"app_summary": summary})
+        if exported.is_file():
+            shutil.move(exported, folder / WHISPER_CPP_FILE)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def _summary(request, run_id, folder, config, calibration, result, scored, report, fp32, real, real_fp32) -> dict:
+    return {
         "run_id": run_id, "artifact": str(folder), "model": request["model"], "method": config.method,
         "bits": config.bits, "group_size": config.group_size, "seed": int(request.get("seed", 0)),
         "config": config.to_dict(), "overrides": request.get("overrides"),
@@ -105,18 +153,16 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
         # demo_* keep their names (the history's columns) but hold the scores on the evaluation set named here.
         "eval_set": scored.description, "eval_clips": report.n_utterances, **interval_summary([report], fp32),
         "demo_wer": report.wer, "demo_wer_fp32": fp32.wer, "demo_rtf": report.rtf, "demo_rtf_fp32": fp32.rtf,
+        # None when no real runtime runs this format: the page then says "fake quant" instead of a time.
+        "real_latency": real, "real_latency_fp32": real_fp32,
         "layer_records": [r.to_dict() for r in result.layer_records],
     }
-    progress(0.97, "saving the quantized model")
-    save_quantized(result, folder, extra={"app_summary": summary})
-    return summary
 
 
 @task("personalize")
 def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     """request: model, speaker, audio (paths), texts, n_train, adapters_root (optional). LoRA on NF4 from the
     first n_train recordings (the last of them validating), fp32 / NF4 / NF4+LoRA on the rest."""
-    from engine.audio import load_audio
     from engine.personalize import adapt_and_compare, check_speaker
 
     speaker = check_speaker(request["speaker"])

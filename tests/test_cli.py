@@ -104,3 +104,27 @@ def test_preset_fills_the_table_and_layers_edit_it(tmp_path):
     assert bits["model.decoder.layers.0.fc1"] == 8 and bits["model.encoder.layers.2.self_attn.q_proj"] == 4
     unknown = run("quantize", "--method", "rtn", "--preset", "everything at 1 bit", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "Unknown preset" in unknown.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_export_for_whisper_cpp_then_eval_on_that_runtime(tmp_path):
+    art = tmp_path / "rtn4g32"
+    assert run("quantize", "--method", "rtn", "--bits", "4", "--group-size", "32", "--out", str(art)).returncode == 0
+    exported = run("export", "--quantized", str(art), "--format", "whisper.cpp", "--out", str(tmp_path / "m.bin"),
+                   "--json")
+    assert exported.returncode == 0, exported.stderr
+    info = json.loads(exported.stdout)
+    assert info["container"] == "q4_1" and info["exact_layers"] == 64
+    assert info["ggml_rounded"] == ["model.decoder.embed_tokens.weight"]
+    assert (tmp_path / "m.bin").stat().st_size == info["file_bytes"]
+    evaluated = run("eval", "--quantized", str(art), "--data", "../shared/speech/jfk", "--runtime", "whisper.cpp",
+                    "--threads", "2", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["runtime"] == "whisper.cpp q4_1, 2 threads"
+    assert result["wer"] <= 0.1 and result["rtf"] > 0 and "delta_ci95" in result
+    nf4 = tmp_path / "nf4"
+    assert run("quantize", "--method", "nf4", "--out", str(nf4)).returncode == 0
+    refused = run("export", "--quantized", str(nf4), "--format", "whisper.cpp", "--out", str(tmp_path / "n.bin"))
+    assert refused.returncode == 2 and "no ggml block" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "n.bin").exists()

@@ -95,6 +95,11 @@ def test_fade_alpha_follows_the_evidence():
     alpha_noise, notes_noise = fade_alpha(w, noisy.split_moments(0), noisy.split_moments(1), 0.5, 0.01)
     assert notes_noise["reliability"] < notes["reliability"]
     assert alpha_noise < alpha
+    # The default rule keeps a held-out optimum that says "this correction does not transfer" (near 0);
+    # the old shrink rule pulls the same layer up toward the prior.
+    assert alpha_noise == pytest.approx(min(1.0, max(0.0, notes_noise["alpha_heldout"])))
+    shrunk, _ = fade_alpha(w, noisy.split_moments(0), noisy.split_moments(1), 0.75, 0.01, rule="shrink")
+    assert alpha_noise < 0.3 < shrunk
 
 
 def test_registry_and_config_validation():

@@ -40,7 +40,7 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
                                  label="Method", elem_id="method", scale=3)
             bits = gr.Dropdown(BITS, value=4, label="Bits", elem_id="bits", scale=1)
             group_size = gr.Dropdown(GROUP_SIZES, value=64, label="Group size (-1: per channel)", elem_id="group", scale=1)
-            alpha = gr.Slider(0, 1, value=0.75, step=0.05, label="Alpha (QEP; FADE's prior)", elem_id="alpha", scale=2)
+            alpha = gr.Slider(0, 1, value=0.75, step=0.05, label="Alpha (QEP; FADE sets its own per layer)", elem_id="alpha", scale=2)
             seed = gr.Number(0, precision=0, label="Calibration seed", elem_id="seed", scale=1)
             preset = gr.Dropdown([(f"{name}: {text}", name) for name, (text, _) in PRESETS.items()], value="uniform",
                                  label="Preset (fills the per-layer table)", elem_id="preset", scale=2)
@@ -56,6 +56,7 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
             quantize_btn = gr.Button("Quantize", variant="primary", elem_id="quantize")
             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
             run_id = gr.Textbox(label="Quantized model id", interactive=False, elem_id="run-id", max_lines=1)
+            download = gr.DownloadButton("Download for whisper.cpp", visible=False, elem_id="download-whisper-cpp")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
             error_plot = gr.Plot(label="Error propagation", elem_id="error-plot")
@@ -97,7 +98,8 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
             trigger(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
         demo.load(explorer.history_view, outputs=[history, pareto_plot], api_visibility="private")
         quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table, eval_dir],
-                           outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, history, pareto_plot],
+                           outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, history, pareto_plot,
+                                    download],
                            api_visibility="private", concurrency_id="quantize", concurrency_limit=None)
         # Cancel must never wait behind the job it cancels: its own unlimited concurrency group.
         cancel_btn.click(explorer.cancel, outputs=status, api_visibility="private", concurrency_id="cancel",
@@ -116,7 +118,9 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
 
 def launch_options(explorer: Explorer) -> dict:
     """gradio launch() settings that follow the serving policy (uploads are capped before they reach a handler)."""
-    return {"max_file_size": explorer.policy.max_upload_bytes, "ssr_mode": False, "footer_links": ["api", "gradio"]}
+    # allowed_paths: the saved results, so the page can hand out a run's whisper.cpp file (nothing secret there).
+    return {"max_file_size": explorer.policy.max_upload_bytes, "ssr_mode": False, "footer_links": ["api", "gradio"],
+            "allowed_paths": [str(explorer.artifact_root)]}
 
 
 def launch(host: str | None = None, port: int | None = None) -> None:

@@ -41,7 +41,7 @@ from ui import plots
 PROMPTS = 6  # sentences offered for personalisation
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
 HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "WER %", "scored on",
-                   "RTF", "run id"]
+                   "RTF (real runtime)", "run id"]
 WAITING_TRANSCRIPTIONS = 8  # transcriptions running or waiting before "busy" (each takes a second or two)
 
 
@@ -213,11 +213,11 @@ class Explorer:
             progress(0.0, desc="waiting for the worker" if self.pool.busy else "starting")
             run_id, summary = self._run_quantize(job, session, lambda f, msg: progress(f, desc=msg))
         except JobCancelled:
-            return (gr.update(), "**Cancelled.** Press Quantize to start again.", *[gr.update()] * 6)
+            return (gr.update(), "**Cancelled.** Press Quantize to start again.", *[gr.update()] * 7)
         except UserError as exc:
             # One sentence in the status line and a toast; the previous result stays on the page.
             gr.Warning(str(exc))
-            return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 6)
+            return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 7)
         records = [LayerRecord(**r) for r in summary["layer_records"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
         with self.lock:  # the other runs still in memory, most recent first, overlaid for comparison
@@ -227,8 +227,18 @@ class Explorer:
         return (run_id, self._status(summary), plots.error_propagation(records, title, others[:3]),
                 plots.alpha_and_bits(records),
                 plots.size_gauge(self._size(summary)),
-                plots.latency_gauge(summary["demo_rtf"], summary["demo_rtf_fp32"], summary["fake_quant"]),
-                *self.history_view())
+                plots.latency_gauge(summary.get("real_latency"), summary.get("real_latency_fp32")),
+                *self.history_view(), self._download(summary))
+
+    @staticmethod
+    def _download(summary: dict):
+        """The run's whisper.cpp file (written by the worker next to the artifact), or a hidden button."""
+        name = summary.get("whisper_cpp_file")
+        path = Path(summary["artifact"]) / name if name else None
+        if path is None or not path.is_file():
+            return gr.update(value=None, visible=False)
+        container = (summary.get("real_latency") or {}).get("runtime", "whisper.cpp").split(",")[0]
+        return gr.update(value=str(path), visible=True, label=f"Download for {container} ({path.stat().st_size / 1e6:.0f} MB)")
 
     def cancel(self, request: gr.Request = None) -> str:
         """The Cancel button: stops this browser session's running job (never another user's)."""
@@ -243,7 +253,7 @@ class Explorer:
                  r["group_size"], r["layers_key"] or "preset", r["seed"], round(r["size_bytes"] / 1e6, 2),
                  None if r["demo_wer"] is None else round(100 * r["demo_wer"], 1),
                  r["eval_set"] or "10 synthetic demo clips, 1 voice",
-                 round(r["demo_rtf"] or 0, 3), r["run_id"]] for r in runs]
+                 "fake quant" if r.get("real_rtf") is None else round(r["real_rtf"], 3), r["run_id"]] for r in runs]
         return rows, plots.pareto(runs)
 
     def api_quantize(self, model: str = "tiny.en", method: str = "fade", bits: int = 4, group_size: int = 64,

@@ -8,10 +8,15 @@ the calibration moments are kept in two clip-disjoint halves A and B. For each l
      so alpha_AB = g_B / h_B; likewise alpha_BA with the halves swapped; alpha_ho = their mean;
   2. reliability r in [0, 1]: the share of the in-sample error reduction that survives on held-out data,
          r = clip( (g_B^2 / h_B) / (g_A^2 / h_A), 0, 1 )  averaged over both directions;
-  3. alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, alpha_max ), alpha_prior = the config's alpha,
-     alpha_max its upper bound (1 by default).
-A poorly conditioned or overfitted solve (few tokens for the layer's width, noisy drift) has r near 0
-and falls back to the global prior; a solve that generalizes keeps its own optimum.
+  3. the layer's alpha, by the config's rule:
+       "heldout" (default): alpha_l = clip( alpha_ho, 0, alpha_max ): the held-out optimum itself;
+       "shrink":            alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, alpha_max ).
+     alpha_prior = the config's alpha, used by "heldout" only where the solve is degenerate (no drift to
+     correct, or no gain even in-sample).
+With speaker-disjoint halves alpha_ho answers "how much of a correction fitted on these voices helps another
+voice". r is close to alpha_ho^2 (the in-sample optimum is about 1), so "shrink" pulls exactly the layers
+whose correction does not transfer (small alpha_ho) up to the prior: measured, that made FADE loop with TTS
+calibration (docs/methods.md), hence the "heldout" default.
 No search and no retraining: everything comes from the moments the pass collects anyway.
 """
 
@@ -35,23 +40,37 @@ def _gain_curvature(w: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float
     return float(g), float(h)
 
 
+def _heldout_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:
+    return prior if degenerate else alpha_ho
+
+
+def _shrink_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:
+    return reliability * alpha_ho + (1 - reliability) * prior
+
+
+ALPHA_RULES = {"heldout": _heldout_rule, "shrink": _shrink_rule}
+
+
 def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: float,
-               alpha_max: float = 1.0) -> tuple[float, dict]:
-    """Per-layer alpha from two clip-disjoint halves of the calibration moments; returns (alpha, scores)."""
+               alpha_max: float = 1.0, rule: str = "heldout") -> tuple[float, dict]:
+    """Per-layer alpha from two disjoint halves of the calibration moments; returns (alpha, scores).
+
+    w: (out, in); a, b: the halves' moments, (in, in) each.
+    """
     alphas, shares = [], []
     for fit, check in ((a, b), (b, a)):
         d = qep_direction(w, fit, damping)
         g_in, h_in = _gain_curvature(w, d, fit)
         g_out, h_out = _gain_curvature(w, d, check)
         if h_in <= 0 or h_out <= 0 or g_in <= 0:
-            alphas.append(prior)
-            shares.append(0.0)
             continue
         alphas.append(g_out / h_out)
         shares.append(max(0.0, (g_out * g_out / h_out) / (g_in * g_in / h_in)) if g_out > 0 else 0.0)
-    alpha_ho = sum(alphas) / 2
+    degenerate = not alphas
+    alpha_ho = sum(alphas) / len(alphas) if alphas else prior
     reliability = min(1.0, sum(shares) / 2)
-    alpha = min(alpha_max, max(0.0, reliability * alpha_ho + (1 - reliability) * prior))
+    alpha = ALPHA_RULES[rule](alpha_ho, reliability, prior, degenerate)
+    alpha = min(alpha_max, max(0.0, alpha))
     return alpha, {"alpha_heldout": alpha_ho, "reliability": reliability}
 
 
@@ -61,5 +80,5 @@ def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: F
     if spec.alpha is not None:  # a user-set alpha in the table wins
         return corrected_outcome(w, m, spec, config, spec.alpha)
     alpha, notes = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), config.alpha, config.qep_damping,
-                              config.alpha_max)
+                              config.alpha_max, config.rule)
     return corrected_outcome(w, m, spec, config, alpha, notes)

@@ -1,0 +1,130 @@
+"""Deployment table: WER, time and file size of tiny.en in the runtimes people deploy, in one run.
+
+faster-whisper (CTranslate2) float32 and int8; whisper.cpp f16; whisper.cpp's own round-to-nearest
+(ggml's quantize functions on the f16 weights, as its quantize tool) in q4_0, q4_1, q5_1, q8_0; and our
+RTN, GPTQ and FADE codes exported as they are (group 32): 4 and 5 bits, symmetric FADE 4-bit in q4_0, FADE
+3-bit carried in q4_1. 50 LibriSpeech test-other clips, greedy, no timestamps, each clip on its own, the
+same thread count everywhere; times are ratios to faster-whisper int8 in the same run. Calibration: real
+speech outside test-other (bench.methods.REAL_CALIBRATION), 32 clips, seed 0.
+
+    python -m bench.deployment [--limit N] [--threads 2] [--audio-ctx 0]
+
+Resumable: rows already in bench/results/deployment.json are kept (delete it to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, speech, test_other_clips, write_results
+from bench.methods import N_CALIB, REAL_CALIBRATION
+from engine.evaluate import TextScorer
+from engine.experiment import build_calibration, calibration_clips
+from engine.ggml_lib import Q4_0, Q4_1, Q5_1, Q8_0
+from engine.intervals import wer_interval
+from engine.methods import make_config
+from engine.models import REGISTRY, load_model
+from engine.quantize import quantize
+from engine.runtimes import CTranslate2Runtime, ModelToRun, WhisperCppRuntime
+from engine.whisper_cpp_export import export_whisper_cpp
+
+log = logging.getLogger("bench.deployment")
+
+OURS = (  # label, method, settings
+    ("RTN 4-bit g32", "rtn", dict(bits=4)), ("GPTQ 4-bit g32", "gptq", dict(bits=4)),
+    ("FADE 4-bit g32", "fade", dict(bits=4)), ("FADE 4-bit g32 symmetric", "fade", dict(bits=4, symmetric=True)),
+    ("RTN 5-bit g32", "rtn", dict(bits=5)), ("GPTQ 5-bit g32", "gptq", dict(bits=5)),
+    ("FADE 5-bit g32", "fade", dict(bits=5)), ("FADE 3-bit g32", "fade", dict(bits=3)),
+)
+GGML_OWN = (Q4_0, Q4_1, Q5_1, Q8_0)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=0, help="only the first N clips (a quick check)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--audio-ctx", type=int, default=0, help="whisper.cpp's encoder window (0: the full 1500)")
+    parser.add_argument("--out", default="deployment")
+    args = parser.parse_args(argv)
+
+    clips = test_other_clips()
+    utterances, audios = clips.utterances, clips.audios
+    if args.limit:
+        utterances, audios = utterances[: args.limit], audios[: args.limit]
+    seconds = sum(map(len, audios)) / 16000
+    out_json = RESULTS / f"{args.out}.json"
+    rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else {}
+    scorer = TextScorer()
+    loaded = load_model("tiny.en")
+    workdir = Path(tempfile.mkdtemp(prefix="asrq-deploy-"))
+
+    def record(label: str, runtime, size_bytes: int, note: str = "") -> None:
+        runtime.transcribe(audios[:1])  # warm-up
+        start = time.perf_counter()
+        texts = runtime.transcribe(audios)
+        elapsed = time.perf_counter() - start
+        errors = [scorer.word_errors(u.reference, t) for u, t in zip(utterances, texts)]
+        errs, words = [e for e, _ in errors], [w for _, w in errors]
+        ci = wer_interval(errs, words)
+        rows[label] = {"runtime": runtime.label, "wer": sum(errs) / sum(words), "wer_ci95": ci.to_list(),
+                       "rtf": elapsed / seconds, "size_bytes": size_bytes, "note": note, "errors": errs,
+                       "words": words}
+        log.info("%s: WER %.2f%%, RTF %.3f", label, 100 * rows[label]["wer"], rows[label]["rtf"])
+        write_results(args.out, {"rows": rows, "clips": len(utterances), "threads": args.threads},
+                      markdown(rows, len(utterances), args.threads))
+
+    folder = REGISTRY["tiny.en"].locate().model_parts[0].parent
+    for compute in ("int8", "float32"):
+        label = f"faster-whisper {compute}"
+        if label not in rows:
+            record(label, CTranslate2Runtime(folder, args.threads, compute), (folder / "model.bin").stat().st_size,
+                   "the package's float16 weights, converted by CTranslate2 at load")
+    if "whisper.cpp f16" not in rows:
+        report = export_whisper_cpp(loaded, {}, workdir / "f16.bin")
+        record("whisper.cpp f16", WhisperCppRuntime(report.path, args.threads, "f16", args.audio_ctx), report.file_bytes)
+    for kind in GGML_OWN:
+        label = f"whisper.cpp's own {kind.name} (round-to-nearest)"
+        if label not in rows:
+            report = export_whisper_cpp(loaded, {}, workdir / f"own-{kind.name}.bin", container=kind)
+            record(label, WhisperCppRuntime(report.path, args.threads, kind.name, args.audio_ctx), report.file_bytes)
+    calibration = None
+    for label, method, settings in OURS:
+        if label in rows:
+            continue
+        config = make_config(method, group_size=32, **settings)
+        if method != "rtn" and calibration is None:
+            sources = [speech(name) for name in REAL_CALIBRATION]
+            calibration = build_calibration(loaded, calibration_clips(sources, N_CALIB, 0, utterances))
+        result = quantize(loaded, config, calibration if method != "rtn" else None)
+        model = ModelToRun(result.loaded, result.tensors, base_model="tiny.en")
+        report = export_whisper_cpp(model.loaded, model.weights, workdir / f"{label.replace(' ', '-')}.bin")
+        record(f"ours: {label}", WhisperCppRuntime(report.path, args.threads, report.container, args.audio_ctx),
+               report.file_bytes, f"{report.exact_layers} layers exact; token embedding by ggml's own rounding")
+    return rows
+
+
+def markdown(rows: dict, n_clips: int, threads: int) -> str:
+    base = rows.get("faster-whisper int8", {}).get("rtf")
+    lines = [f"# Deployment: tiny.en on {n_clips} LibriSpeech test-other clips, greedy, {threads} threads, one run",
+             "", "| system | runtime | WER % | 95% interval | time / faster-whisper int8 | file MB |",
+             "| --- | --- | ---: | --- | ---: | ---: |"]
+    for label, r in rows.items():
+        ratio = f"{r['rtf'] / base:.2f}" if base else "-"
+        low, high = r["wer_ci95"]
+        lines.append(f"| {label} | {r['runtime']} | {100 * r['wer']:.2f} | {100 * low:.1f} to {100 * high:.1f} | "
+                     f"{ratio} | {r['size_bytes'] / 1e6:.1f} |")
+    lines += ["", "Ours: the method's integer codes packed into ggml blocks as they are (engine/ggml_blocks.py); "
+              "every 2-D weight of a whisper.cpp file has the file's one type, so the token embedding (also the "
+              "output layer) is rounded by ggml's own round-to-nearest, as whisper.cpp's quantize tool does. "
+              "Calibration for GPTQ and FADE: 32 real clips outside test-other, seed 0 (one draw)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    main()

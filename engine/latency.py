@@ -1,0 +1,87 @@
+"""Measured latency on a real runtime: what a quantized model costs where people deploy it.
+
+Our torch models run quantized weights as dequantized floats (fake quant), so their time says nothing
+about low-bit speed. A real runtime runs the codes: whisper.cpp for any integer grid ggml's blocks carry,
+CTranslate2 for 8-bit per-channel symmetric weights. Each one that can run the model is timed on the same
+clips (after one warm-up clip) and the fastest is reported with its name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import SAMPLE_RATE
+from engine.ct2_export import CT2ExportError, int8_rows
+from engine.errors import UserError
+from engine.ggml_blocks import check_exportable
+from engine.models import REGISTRY
+from engine.runtimes import ModelToRun, open_runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeLatency:
+    runtime: str  # e.g. "whisper.cpp q4_1, 2 threads"
+    rtf: float  # decoding seconds per second of audio
+    clips: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _whisper_cpp_can_run(model: ModelToRun) -> bool:
+    try:
+        for name, qt in model.weights.items():
+            check_exportable(name, qt)
+    except UserError:
+        return False
+    return True
+
+
+def _ctranslate2_can_run(model: ModelToRun) -> bool:
+    if model.base_model not in REGISTRY or model.full_precision:
+        return False
+    try:
+        for name, qt in model.weights.items():
+            int8_rows(name, qt)
+    except CT2ExportError:
+        return False
+    return True
+
+
+def runnable_runtimes(model: ModelToRun) -> list[str]:
+    """The real runtimes that run this model's codes as they are."""
+    checks = {"whisper.cpp": _whisper_cpp_can_run, "ctranslate2": _ctranslate2_can_run}
+    return [name for name, can_run in checks.items() if can_run(model)]
+
+
+def time_runtime(runtime, audios: Sequence[np.ndarray]) -> float:
+    """Real-time factor of runtime on audios, after one warm-up clip."""
+    runtime.transcribe(audios[:1])
+    start = time.perf_counter()
+    runtime.transcribe(audios)
+    return (time.perf_counter() - start) / (sum(len(a) for a in audios) / SAMPLE_RATE)
+
+
+def fastest_real_runtime(model: ModelToRun, audios: Sequence[np.ndarray], threads: int,
+                         workdir: str | Path) -> RuntimeLatency | None:
+    """Time every real runtime that can run model; None when none can (the model is fake quant only)."""
+    best = None
+    for name in runnable_runtimes(model):
+        try:
+            runtime = open_runtime(name, model, threads=threads, workdir=Path(workdir) / name)
+        except UserError as exc:  # e.g. CTranslate2's fused q/k/v with only some of them in 8 bits
+            log.info("%s cannot run this model: %s", name, exc)
+            continue
+        rtf = time_runtime(runtime, audios)
+        log.info("%s: RTF %.3f on %d clips", runtime.label, rtf, len(audios))
+        if best is None or rtf < best.rtf:
+            best = RuntimeLatency(runtime.label, rtf, len(audios))
+    return best

@@ -1,0 +1,118 @@
+"""whisper.cpp export: our codes in ggml blocks (checked by ggml's own dequantizer) and real transcription."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from engine import ggml_lib
+from engine.codebook import nf4_quantize
+from engine.config import FADEConfig
+from engine.evaluate import TextScorer, load_dataset
+from engine.formats import IntFormat, rtn_quantize
+from engine.ggml_blocks import GgmlExportError, check_exportable, container_for, fits, pack
+from engine.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0
+from tests.conftest import speech_dir
+
+GRIDS = [  # (bits, symmetric, group size) -> the narrowest ggml block that carries it
+    ((4, True, 32), Q4_0), ((4, False, 64), Q4_1), ((3, False, 32), Q4_1), ((2, False, 128), Q4_1),
+    ((5, False, 32), Q5_1), ((8, True, -1), Q8_0), ((6, False, 64), Q8_0),
+]
+
+
+@pytest.mark.parametrize("grid, narrowest", GRIDS)
+def test_ggml_dequantizes_our_codes_to_our_weights(grid, narrowest):
+    bits, symmetric, group = grid
+    torch.manual_seed(bits)
+    w = torch.randn(24, 256) * torch.linspace(0.1, 3, 256)  # columns of different ranges: groups differ
+    qt = rtn_quantize(w, IntFormat(bits, group, symmetric))
+    ours = qt.dequantize().numpy()
+    assert container_for({"layer": qt}, has_full_precision=False) is narrowest
+    for kind in (Q4_0, Q4_1, Q5_1, Q8_0):
+        if not fits(qt, kind):
+            continue
+        theirs = ggml_lib.dequantize(pack(qt, kind), kind, tuple(w.shape))
+        # Exact up to float16 rounding of the block minimum m = -scale * zero (d is a float16 scale already).
+        m_rounding = np.abs(qt.scale * qt.zero).max().item() * 2.0**-11
+        assert np.abs(theirs - ours).max() <= m_rounding + 1e-7, kind.name
+
+
+def test_ggml_round_to_nearest_is_its_own_and_coarser_than_f16():
+    w = torch.randn(8, 64).numpy()
+    blocks = ggml_lib.quantize(w, Q4_1)
+    assert blocks.nbytes == 8 * 2 * Q4_1.block_bytes
+    err = np.abs(ggml_lib.dequantize(blocks, Q4_1, w.shape) - w).max()
+    assert 0 < err < 0.5 * np.abs(w).max()
+
+
+def test_formats_with_no_ggml_block_get_a_sentence():
+    w = torch.randn(16, 64)
+    with pytest.raises(GgmlExportError, match="no ggml block"):
+        check_exportable("model.encoder.layers.0.fc1", nf4_quantize(w, 64))
+    with pytest.raises(GgmlExportError, match="q8_0\\) is symmetric"):
+        check_exportable("layer", rtn_quantize(w, IntFormat(8, 64, False)))
+    with pytest.raises(GgmlExportError, match="multiple of 32"):
+        check_exportable("layer", rtn_quantize(w, IntFormat(4, 16, False)))
+    assert container_for({"a": rtn_quantize(w, IntFormat(4, 32, True))}, has_full_precision=True) is F16
+
+
+@pytest.mark.slow
+def test_exported_fade_4bit_transcribes_with_whisper_cpp(tiny, test_other, tmp_path):
+    from engine.experiment import build_calibration, calibration_clips
+    from engine.quantize import quantize
+    from engine.runtimes import ModelToRun, open_runtime
+    from engine.samples import SAMPLE_DIR
+    from engine.transcribe import transcribe
+    from engine.whisper_cpp_export import export_whisper_cpp
+
+    result = quantize(tiny, FADEConfig(bits=4, group_size=64), build_calibration(tiny, calibration_clips(SAMPLE_DIR, 8, 0)))
+    report = export_whisper_cpp(result.loaded, result.tensors, tmp_path / "fade4.bin")
+    assert report.container == "q4_1" and report.exact_layers == 64
+    assert report.ggml_rounded == ["model.decoder.embed_tokens.weight"]  # as whisper.cpp's quantize tool would
+    with (tmp_path / "fade4.bin").open("rb") as f:
+        magic, n_vocab, *_rest, ftype = struct.unpack("<I11i", f.read(48))
+    assert magic == 0x67676D6C and n_vocab == 51864 and ftype == 2003  # q4_1 with ggml's quantization version 2
+
+    runtime = open_runtime("whisper.cpp", ModelToRun(result.loaded, result.tensors), threads=2, workdir=tmp_path)
+    jfk = load_dataset(speech_dir("jfk"))[:1]
+    clips = jfk + load_dataset(test_other)[:8]
+    from engine.audio import load_audio
+
+    audios = [load_audio(u.path) for u in clips]
+    theirs = runtime.transcribe(audios)
+    ours = transcribe(result.loaded, audios)
+    scorer = TextScorer()
+    assert scorer.score([jfk[0].reference], theirs[:1])[0] <= 0.1
+    wer_cpp = scorer.score([u.reference for u in clips[1:]], theirs[1:])[0]
+    wer_torch = scorer.score([u.reference for u in clips[1:]], ours[1:])[0]
+    assert wer_cpp < 0.35 and abs(wer_cpp - wer_torch) < 0.08
+    # The same codes in both runtimes: transcripts agree word for word on most clips.
+    assert scorer.score(ours, theirs)[0] < 0.15
+
+
+@pytest.mark.slow
+def test_ctranslate2_export_transcribes_with_faster_whisper_like_our_model(tiny, test_other, tmp_path):
+    from engine.audio import load_audio
+    from engine.config import RTNConfig
+    from engine.ct2_export import CT2ExportError, export_ctranslate2
+    from engine.quantize import quantize
+    from engine.runtimes import CTranslate2Runtime
+    from engine.transcribe import transcribe
+
+    result = quantize(tiny, RTNConfig(bits=8, group_size=-1, symmetric=True))
+    folder = export_ctranslate2("tiny.en", result.tensors, tmp_path / "ct2")
+    clips = load_dataset(test_other)[:6]
+    audios = [load_audio(u.path) for u in clips]
+    ours = transcribe(result.loaded, audios)
+    scorer = TextScorer()
+    # Loaded as float32, CTranslate2 dequantizes our int8 codes: the same model, the same words.
+    as_float = CTranslate2Runtime(folder, threads=2, compute_type="float32").transcribe(audios)
+    assert scorer.score(ours, as_float)[0] < 0.05
+    # As int8 it also rounds activations to int8 (what faster-whisper users run): a WER ceiling.
+    as_int8 = CTranslate2Runtime(folder, threads=2, compute_type="int8").transcribe(audios)
+    assert scorer.score([u.reference for u in clips], as_int8)[0] < 0.3
+    with pytest.raises(CT2ExportError, match="8-bit symmetric"):
+        export_ctranslate2("tiny.en", quantize(tiny, RTNConfig(bits=4)).tensors, tmp_path / "bad")

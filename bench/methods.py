@@ -175,9 +175,10 @@ def row_statistics(rs: list, fp32: dict) -> str:
 
 
 NOTES = {
-    "methods": ("The two-voice sample rows (calibration 'sample') ran while tests and the personalisation bench "
-                "shared the two cores: their quant s are two to four times the uncontended figures of the older "
-                "rows. Rows with fewer than 5 seeds are unfinished (the bench resumes them)."),
+    "methods": ("FADE rows labelled 'rule=shrink' and '(alternating halves)' use FADE's earlier rule (a layer's alpha "
+                "shrunk toward the prior 0.75 by its reliability); plain 'fade' rows use the held-out optimum "
+                "(docs/methods.md). Quant s depends on what else shared the two cores during the run. Rows with "
+                "fewer than 5 seeds are unfinished (the bench resumes them)."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
                  "with Whisper's temperature fallback (engine/transcribe.py: a window whose tokens compress "
                  "above 1.35 or whose mean log-probability is below -1 is decoded again at temperature 0.2 ... "

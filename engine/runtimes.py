@@ -50,6 +50,16 @@ class TorchRuntime:
         return transcribe(self.loaded, list(audios), batch_size=self.batch_size)
 
 
+AUTO_AUDIO_CTX = -1
+FULL_AUDIO_CTX = 1500  # encoder frames in Whisper's 30 s window
+AUDIO_CTX_MARGIN = 64  # frames (1.28 s) beyond the clip, so its end is not cut
+
+
+def fitted_audio_ctx(samples: int, sample_rate: int = 16000) -> int:
+    """Encoder frames that cover a clip of this many samples, plus a margin (at most the full window)."""
+    return min(FULL_AUDIO_CTX, -(-samples * 50 // sample_rate) + AUDIO_CTX_MARGIN)
+
+
 @dataclass
 class WhisperCppRuntime:
     """whisper.cpp (the pywhispercpp wheel) on a model file written by engine/whisper_cpp_export.py."""
@@ -57,7 +67,9 @@ class WhisperCppRuntime:
     model_file: Path
     threads: int
     container: str
-    audio_ctx: int = 0  # 0: the full 30 s encoder window (1500 frames); smaller is faster on short clips
+    # 0: the full 30 s encoder window (1500 frames, what Whisper was trained on); N: N frames (20 ms each);
+    # AUTO_AUDIO_CTX: each clip's own length plus a margin (faster on short clips, at some WER cost).
+    audio_ctx: int = 0
     _model: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,13 +84,14 @@ class WhisperCppRuntime:
 
     @property
     def label(self) -> str:
-        ctx = f", audio_ctx {self.audio_ctx}" if self.audio_ctx else ""
+        ctx = {0: "", AUTO_AUDIO_CTX: ", audio_ctx fitted per clip"}.get(self.audio_ctx, f", audio_ctx {self.audio_ctx}")
         return f"whisper.cpp {self.container}, {self.threads} threads{ctx}"
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
         out = []
         for audio in audios:
-            segments = self._model.transcribe(np.ascontiguousarray(audio, dtype=np.float32))
+            params = {"audio_ctx": fitted_audio_ctx(len(audio))} if self.audio_ctx == AUTO_AUDIO_CTX else {}
+            segments = self._model.transcribe(np.ascontiguousarray(audio, dtype=np.float32), **params)
             out.append(" ".join(s.text.strip() for s in segments).strip())
         return out
 

@@ -110,6 +110,9 @@ def test_j1_default_fade_quantize_progress_transcripts_plots(browser, app_url):
     # The result line names its evaluation set and says how sure the difference to full precision is.
     assert "WER on 10 synthetic demo clips, 2 voices" in status and "95% interval" in status
     assert "on these 10 clips" in status
+    # The latency is measured on a real runtime, named on the gauge; its file is offered for download.
+    assert "whisper.cpp q4_1" in page.locator("#latency-plot").inner_text()
+    assert "whisper.cpp q4_1" in page.locator("#download-whisper-cpp").inner_text()
     choose(page, "sample", "demo-05")
     page.wait_for_timeout(1500)
     page.locator("#transcribe").click()

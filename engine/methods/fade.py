@@ -71,7 +71,9 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
     reliability = min(1.0, sum(shares) / 2)
     alpha = ALPHA_RULES[rule](alpha_ho, reliability, prior, degenerate)
     alpha = min(alpha_max, max(0.0, alpha))
-    return alpha, {"alpha_heldout": alpha_ho, "reliability": reliability}
+    notes = {"alpha_heldout": alpha_ho, "reliability": reliability}
+    notes.update({f"alpha_{name}": value for name, value in zip(("ab", "ba"), alphas)})  # each direction's optimum
+    return alpha, notes
 
 
 @register(FADEConfig, needs_calibration=True, summary="QEP with a per-layer alpha from held-out layer diagnostics")

@@ -82,15 +82,7 @@ def _model_to_run(args: argparse.Namespace):
     from engine.runtimes import ModelToRun
 
     if args.quantized:
-        from safetensors.numpy import load_file
-
-        from engine.artifacts import WEIGHTS_FILE, load_quantized, weights_from
-
-        loaded, meta = load_quantized(args.quantized)
-        weights = weights_from(meta, load_file(f"{args.quantized}/{WEIGHTS_FILE}"), loaded.model)
-        dropped = frozenset(meta["dropped"])
-        full = frozenset(r["name"] for r in meta["layers"] if r["bits"] >= 16 and r["name"] not in dropped)
-        return ModelToRun(loaded, weights, full, dropped, meta["fake_quant"], meta["model"]["name"])
+        return ModelToRun.from_artifact(args.quantized)
     loaded = load_model(args.model)
     if not args.method:
         return ModelToRun(loaded, base_model=args.model)
@@ -98,8 +90,7 @@ def _model_to_run(args: argparse.Namespace):
 
     config = _quant_config(args)
     result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config))
-    full = frozenset(r.name for r in result.table if r.bits >= 16 and r.name not in result.dropped)
-    return ModelToRun(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant, args.model)
+    return ModelToRun.from_result(result, args.model)
 
 
 def _runtime(args: argparse.Namespace, model):

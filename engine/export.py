@@ -7,37 +7,31 @@ and what was not.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from safetensors.numpy import load_file
-
-from engine.artifacts import WEIGHTS_FILE, load_quantized, weights_from
 from engine.ct2_export import export_ctranslate2
 from engine.errors import UserError
+from engine.runtimes import ModelToRun
 from engine.whisper_cpp_export import ExportReport, export_whisper_cpp
 
 
 def _whisper_cpp(folder: Path, out: Path) -> ExportReport:
-    loaded, meta = load_quantized(folder)
-    weights = weights_from(meta, load_file(str(folder / WEIGHTS_FILE)), loaded.model)
-    dropped = frozenset(meta["dropped"])
-    full = frozenset(row["name"] for row in meta["layers"]
-                     if row["bits"] >= 16 and row["name"] not in dropped and row["name"] not in weights)
-    report = export_whisper_cpp(loaded, weights, out, full_precision=full, dropped=dropped)
-    ideal = meta.get("size", {}).get("size_bytes")
+    model = ModelToRun.from_artifact(folder)
+    report = export_whisper_cpp(model.loaded, model.weights, out, full_precision=model.full_precision,
+                                dropped=model.dropped)
+    ideal = model.meta.get("size", {}).get("size_bytes")
     notes = [f"the table's own packing would take {ideal / 1e6:.1f} MB"] if ideal else []
-    if meta.get("activations"):
+    if model.meta.get("activations"):
         notes.append("activation quantization is not carried: whisper.cpp rounds activations its own way")
-    return ExportReport(report.path, report.container, report.file_bytes, report.exact_layers,
-                        report.ggml_rounded, report.notes + notes)
+    return replace(report, notes=report.notes + notes)
 
 
 def _ctranslate2(folder: Path, out: Path) -> ExportReport:
-    loaded, meta = load_quantized(folder)
-    weights = weights_from(meta, load_file(str(folder / WEIGHTS_FILE)), loaded.model)
-    written = export_ctranslate2(meta["model"]["name"], weights, out, frozenset(meta["dropped"]))
+    model = ModelToRun.from_artifact(folder)
+    written = export_ctranslate2(model.base_model, model.weights, out, model.dropped)
     size = (written / "model.bin").stat().st_size
-    return ExportReport(written, "int8" if weights else "float16", size, len(weights),
+    return ExportReport(written, "int8" if model.weights else "float16", size, len(model.weights),
                         notes=["layers left in float are rounded to int8 by CTranslate2 itself when loaded as int8"],
                         runtime="CTranslate2")
 

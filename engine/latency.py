@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.audio import SAMPLE_RATE
-from engine.ct2_export import CT2ExportError, int8_rows
+from engine.ct2_export import int8_rows
 from engine.errors import UserError
 from engine.ggml_blocks import check_exportable
 from engine.models import REGISTRY
@@ -36,24 +36,22 @@ class RuntimeLatency:
         return asdict(self)
 
 
-def _whisper_cpp_can_run(model: ModelToRun) -> bool:
+def _every_weight_passes(check, model: ModelToRun) -> bool:
+    """Whether check(name, weight) accepts every quantized weight (it raises UserError on one it cannot take)."""
     try:
         for name, qt in model.weights.items():
-            check_exportable(name, qt)
+            check(name, qt)
     except UserError:
         return False
     return True
 
 
+def _whisper_cpp_can_run(model: ModelToRun) -> bool:
+    return _every_weight_passes(check_exportable, model)
+
+
 def _ctranslate2_can_run(model: ModelToRun) -> bool:
-    if model.base_model not in REGISTRY or model.full_precision:
-        return False
-    try:
-        for name, qt in model.weights.items():
-            int8_rows(name, qt)
-    except CT2ExportError:
-        return False
-    return True
+    return model.base_model in REGISTRY and not model.full_precision and _every_weight_passes(int8_rows, model)
 
 
 def runnable_runtimes(model: ModelToRun) -> list[str]:

@@ -135,6 +135,27 @@ class ModelToRun:
     dropped: frozenset[str] = frozenset()
     fake_quant: bool = False
     base_model: str = ""  # the full-precision model it came from (a name load_model accepts)
+    meta: dict = field(default_factory=dict, repr=False)  # a saved artifact's metadata, when loaded from one
+
+    @classmethod
+    def from_result(cls, result, base_model: str) -> "ModelToRun":
+        """A QuantizationResult (engine/quantize.py) as a runtime runs it."""
+        full = frozenset(r.name for r in result.table if r.bits >= 16 and r.name not in result.dropped)
+        return cls(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant, base_model)
+
+    @classmethod
+    def from_artifact(cls, folder: str | Path) -> "ModelToRun":
+        """A folder saved by save_quantized, with its codes as they were saved."""
+        from safetensors.numpy import load_file
+
+        from engine.artifacts import WEIGHTS_FILE, load_quantized, weights_from
+
+        loaded, meta = load_quantized(folder)
+        weights = weights_from(meta, load_file(str(Path(folder) / WEIGHTS_FILE)), loaded.model)
+        dropped = frozenset(meta["dropped"])
+        full = frozenset(r["name"] for r in meta["layers"]
+                         if r["bits"] >= 16 and r["name"] not in dropped and r["name"] not in weights)
+        return cls(loaded, weights, full, dropped, meta["fake_quant"], meta["model"]["name"], meta)
 
 
 def _whisper_cpp(model: ModelToRun, threads: int, workdir: Path, container: GgmlType | None = None,

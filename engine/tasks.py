@@ -120,9 +120,7 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     report = evaluate(result.loaded, scored.utterances)
     fp32 = _fp32_report(context, request["model"], scored, request.get("safe_only", False))
     progress(0.94, "timing on a real runtime")
-    full = frozenset(r.name for r in result.table if r.bits >= 16 and r.name not in result.dropped)
-    runnable = ModelToRun(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant,
-                          request["model"])
+    runnable = ModelToRun.from_result(result, request["model"])
     fp32_model = ModelToRun(_models(context, request.get("safe_only", False)).get(request["model"]),
                             base_model=request["model"])
     workdir = Path(tempfile.mkdtemp(prefix="asrq-latency-"))

@@ -5,7 +5,7 @@ A folder with:
                         layer table, dropped layers, size, diagnostics, calibration, library versions
   weights.safetensors   per quantized layer the arrays of its weight kind under <name>.<array>: integer
                         grids (kind "int"): qweight (codes packed at `bits` bits), scales (float16),
-                        zeros (uint8, asymmetric only); codebooks (kind "codebook", NF4 and learned
+                        asymmetric grids mins (float16; v3) or zeros (uint8, integer_zero); codebooks (kind "codebook", NF4 and learned
                         centroids): qweight, scales or double-quantized scale codes, levels;
                         every other parameter in float16 under its own name
   tokenizer.json        the model's tokenizer
@@ -40,8 +40,10 @@ from engine.quantize import QuantizationResult
 from engine.size import unique_parameters
 from engine.tokens import WhisperTokens
 
-FORMAT_VERSION = 2  # 2: weight kinds (int, codebook); 1 held integer grids only and still loads
-READABLE_VERSIONS = (1, 2)
+# 3: asymmetric integer grids store float16 minimums (or uint8 zeros with integer_zero); 2: weight kinds (int,
+# codebook), asymmetric grids with uint8 zeros; 1: integer grids only. Older versions still load.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 KIND = "asrq-quantized-whisper"
 META_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "asrq-quantized.json", "weights.safetensors", "tokenizer.json"
 

@@ -248,7 +248,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max",
                   "rule", "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
-                  "activation_bits", "clip_search")
+                  "activation_bits", "clip_search", "integer_zero")
 
 
 def _add_decoding_option(p: argparse.ArgumentParser) -> None:
@@ -270,6 +270,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--bits", type=int)
     g.add_argument("--group-size", type=int, help="-1 for one scale per output channel")
     g.add_argument("--symmetric", action="store_true", default=None)
+    g.add_argument("--integer-zero", action="store_true", default=None,
+                   help="asymmetric grids with an integer zero point (the GPTQ reference's) instead of a float minimum")
     g.add_argument("--clip-search", action="store_true", default=None,
                    help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")

@@ -29,14 +29,17 @@ class QuantConfig:
 
     bits: int = 4  # default bits per weight for layers the table does not override
     group_size: int = 64  # input columns sharing one scale; -1 = one scale per output channel
-    symmetric: bool = False  # symmetric grid (zero at the middle code) or min-max with a zero point
+    symmetric: bool = False  # symmetric grid (zero at the middle code) or min-max from a float16 minimum
     clip_search: bool = False  # fit each group's range by a shrink search (GPTQ's mse option) instead of min-max
+    integer_zero: bool = False  # asymmetric grid with a uint8 zero point (the GPTQ reference's) instead of a minimum
 
     method = "base"
 
     def __post_init__(self) -> None:
         _check(self.bits in INT_BITS, f"bits must be one of {', '.join(map(str, INT_BITS))}, not {self.bits}.")
         _check(self.group_size == -1 or self.group_size > 0, f"group size must be -1 or positive, not {self.group_size}.")
+        _check(not (self.symmetric and self.integer_zero),
+               "a symmetric grid has no zero point to choose: use integer_zero without symmetric.")
 
     def to_dict(self) -> dict:
         return {"method": self.method, **asdict(self)}

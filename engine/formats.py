@@ -3,7 +3,9 @@
 Pure tensor functions. Shapes: a weight is W: (out_features, in_features); a group is a run of
 ``group_size`` consecutive input columns of one row (group_size -1 means the whole row: per-channel).
 Deployable form of a quantized layer: codes packed at ``bits`` bits each, one float16 scale per group,
-and for asymmetric formats one uint8 zero point per group; biases stay float16.
+and for asymmetric formats one float16 minimum per group (w = scale * code + minimum, ggml's q4_1/q5_1 and
+HQQ's grid) or, with ``integer_zero``, one uint8 zero point (w = scale * (code - zero), the GPTQ reference's
+grid); biases stay float16. In memory both asymmetric grids keep zero = -minimum / scale as a float.
 """
 
 from __future__ import annotations
@@ -15,25 +17,31 @@ import numpy as np
 import torch
 
 SCALE_BYTES = 2  # float16 scale per group
-ZERO_BYTES = 1  # uint8 zero point per group (asymmetric only)
+ZERO_BYTES = 1  # uint8 zero point per group (asymmetric with integer_zero)
+MIN_BYTES = 2  # float16 minimum per group (asymmetric, the default)
 FP16_BYTES = 2
 FP32_BYTES = 4
 
 
 @dataclass(frozen=True)
 class IntFormat:
-    """A uniform integer grid: 2^bits levels per group, symmetric or with a zero point."""
+    """A uniform integer grid: 2^bits levels per group, symmetric or asymmetric (float minimum or integer zero)."""
 
     bits: int
     group_size: int = -1  # -1: one group per output row
     symmetric: bool = False
     clip_search: bool = False  # fit each grid by searching a shrunk range (GPTQ's "mse" option), not min-max
+    # Asymmetric only: an integer zero point, which must put 0 on the grid and so shifts it by up to half a
+    # step from the group's range (clipping its extreme weight), instead of the group's own float minimum.
+    integer_zero: bool = False
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 8:
             raise ValueError(f"integer formats need 2 to 8 bits, not {self.bits}")
         if self.group_size != -1 and self.group_size < 1:
             raise ValueError(f"group size must be -1 (per channel) or positive, not {self.group_size}")
+        if self.symmetric and self.integer_zero:
+            raise ValueError("a symmetric grid has no zero point to choose: integer_zero is for asymmetric grids")
 
     @property
     def maxq(self) -> int:
@@ -50,20 +58,31 @@ class IntFormat:
 def qparams(w: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scale and zero point per row of w: (rows, cols) -> scale, zero: (rows, 1).
 
-    Symmetric grids put zero at the middle code; asymmetric ones cover [min(w, 0), max(w, 0)].
+    Symmetric grids put zero at the middle code; asymmetric ones span [min(w), max(w)] from a float16
+    minimum, or with integer_zero [min(w, 0), max(w, 0)] from the nearest integer zero point.
     """
-    xmin = torch.minimum(w.min(dim=1, keepdim=True).values, torch.zeros(1))
-    xmax = torch.maximum(w.max(dim=1, keepdim=True).values, torch.zeros(1))
+    xmin, xmax = w.min(dim=1, keepdim=True).values, w.max(dim=1, keepdim=True).values
+    if fmt.symmetric or fmt.integer_zero:
+        xmin, xmax = torch.minimum(xmin, torch.zeros(1)), torch.maximum(xmax, torch.zeros(1))
     if fmt.symmetric:
         xmax = torch.maximum(xmax.abs(), xmin.abs())
         xmin = -xmax
-    scale = (xmax - xmin) / fmt.maxq
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row keeps scale 1
-    zero = torch.full_like(scale, (fmt.maxq + 1) / 2) if fmt.symmetric else torch.round(-xmin / scale)
+    scale, zero = _grid(xmin, xmax, fmt)
     if fmt.clip_search:
         scale, zero = _shrink_search(w, xmin, xmax, scale, zero, fmt)
-    # Scales are stored as float16: round them now so that what we compute is what we ship.
-    return scale.half().float(), zero
+    return scale, zero
+
+
+def _grid(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid spanning [lo, hi] (rows, 1), with scale (and a float minimum) rounded to float16 as stored, so
+    that what we compute is what we ship."""
+    scale = (hi - lo) / fmt.maxq
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).half().float()  # a constant row keeps scale 1
+    if fmt.symmetric:
+        return scale, torch.full_like(scale, (fmt.maxq + 1) / 2)
+    if fmt.integer_zero:
+        return scale, torch.round(-lo / scale)
+    return scale, -lo.half().float() / scale
 
 
 CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4  # the GPTQ reference's values
@@ -74,9 +93,7 @@ def _shrink_search(w, xmin, xmax, scale, zero, fmt: IntFormat):
     best = torch.full((w.shape[0], 1), float("inf"))
     for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
         p = 1 - i / CLIP_GRID
-        lo, hi = p * xmin, p * xmax
-        s = torch.where(hi > lo, (hi - lo) / fmt.maxq, torch.ones_like(hi))
-        z = torch.full_like(s, (fmt.maxq + 1) / 2) if fmt.symmetric else torch.round(-lo / s)
+        s, z = _grid(p * xmin, p * xmax, fmt)
         err = (round_to_grid(w, s, z, fmt.maxq) - w).abs().pow(CLIP_NORM).sum(dim=1, keepdim=True)
         better = err < best
         best, scale, zero = torch.where(better, err, best), torch.where(better, s, scale), torch.where(better, z, zero)
@@ -84,8 +101,8 @@ def _shrink_search(w, xmin, xmax, scale, zero, fmt: IntFormat):
 
 
 def quantize_to_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """Integer codes in [0, maxq]; w, scale and zero broadcast together."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+    """Integer codes in [0, maxq]; w, scale and zero (integer or float) broadcast together."""
+    return torch.clamp(torch.round(w / scale + zero), 0, maxq)
 
 
 def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -125,21 +142,30 @@ class QuantizedTensor:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "bits": self.fmt.bits, "group_size": self.fmt.group_size,
-                "symmetric": self.fmt.symmetric, "shape": list(self.codes.shape)}
+                "symmetric": self.fmt.symmetric, "integer_zero": self.fmt.integer_zero,
+                "shape": list(self.codes.shape)}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"qweight": pack_codes(self.codes, self.fmt.bits), "scales": self.scale.half().numpy()}
-        if not self.fmt.symmetric:
+        if self.fmt.integer_zero:
             arrays["zeros"] = self.zero.to(torch.uint8).numpy()
+        elif not self.fmt.symmetric:
+            arrays["mins"] = (-self.zero * self.scale).half().numpy()
         return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "QuantizedTensor":
-        fmt = IntFormat(meta["bits"], meta["group_size"], meta["symmetric"])
+        # Artifacts written before float minimums existed have uint8 zeros and no "integer_zero" key.
+        fmt = IntFormat(meta["bits"], meta["group_size"], meta["symmetric"],
+                        integer_zero=meta.get("integer_zero", "zeros" in arrays))
         out_features, in_features = meta["shape"]
         scale = torch.from_numpy(arrays["scales"].astype(np.float32))
-        zero = (torch.full_like(scale, (fmt.maxq + 1) / 2) if fmt.symmetric
-                else torch.from_numpy(arrays["zeros"].astype(np.float32)))
+        if fmt.symmetric:
+            zero = torch.full_like(scale, (fmt.maxq + 1) / 2)
+        elif fmt.integer_zero:
+            zero = torch.from_numpy(arrays["zeros"].astype(np.float32))
+        else:
+            zero = -torch.from_numpy(arrays["mins"].astype(np.float32)) / scale
         codes = unpack_codes(arrays["qweight"], fmt.bits, out_features * in_features).reshape(out_features, in_features)
         return cls(codes, scale, zero, fmt)
 
@@ -182,7 +208,8 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> torch.Tensor:
 
 
 def packed_bytes(out_features: int, in_features: int, fmt: IntFormat) -> int:
-    """Exact bytes of a packed weight: codes + float16 scales (+ uint8 zeros when asymmetric)."""
+    """Exact bytes of a packed weight: codes + float16 scales (+ float16 minimums or uint8 zeros when asymmetric)."""
     groups = out_features * fmt.groups_per_row(in_features)
     code_bytes = math.ceil(out_features * in_features * fmt.bits / 8)
-    return code_bytes + groups * (SCALE_BYTES + (0 if fmt.symmetric else ZERO_BYTES))
+    zero_bytes = 0 if fmt.symmetric else ZERO_BYTES if fmt.integer_zero else MIN_BYTES
+    return code_bytes + groups * (SCALE_BYTES + zero_bytes)

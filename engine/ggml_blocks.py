@@ -5,8 +5,10 @@ Pure functions. A QuantizedTensor with codes (out, in) in [0, 2^bits), per-group
     q4_0: x = d * (q - 8)      d = s, q = our code           (symmetric 4-bit: z = 8)
     q4_1: x = d * q + m        d = s, m = -s * z             (any grid of 4 bits or fewer)
     q5_1: x = d * q + m        d = s, m = -s * z             (5 bits or fewer)
-    q8_0: x = d * q8           d = s, q8 = q - z (int8)      (symmetric 8-bit, or any grid of 7 bits or fewer)
-so ggml's dequantizer returns our weights up to float16 rounding of m (d is a float16 scale already).
+    q8_0: x = d * q8           d = s, q8 = q - z (int8)      (symmetric 8-bit, or an integer-zero grid of 7 bits
+                                                              or fewer)
+so ggml's dequantizer returns our weights up to float16 rounding of m (d is a float16 scale already, and our
+default asymmetric grid's minimum is a float16 too: q4_1/q5_1 are its native blocks).
 A group wider than 32 repeats its scale (and minimum) in each of its 32-blocks.
 """
 
@@ -38,7 +40,7 @@ def fits(qt: QuantizedTensor, kind: GgmlType) -> bool:
     if kind is Q5_1:
         return fmt.bits <= 5
     if kind is Q8_0:
-        return fmt.bits <= 7 or (fmt.symmetric and fmt.bits == 8)
+        return (fmt.bits <= 7 and (fmt.symmetric or fmt.integer_zero)) or (fmt.symmetric and fmt.bits == 8)
     return kind is F16
 
 
@@ -50,6 +52,9 @@ def check_exportable(name: str, qt: QuantizedTensor) -> None:
     if qt.fmt.bits == 8 and not qt.fmt.symmetric:
         raise GgmlExportError(f"layer {name} is asymmetric 8-bit, and ggml's 8-bit block (q8_0) is symmetric; "
                               "quantize with --symmetric to export 8 bits.")
+    if qt.fmt.bits > 5 and not (qt.fmt.symmetric or qt.fmt.integer_zero):
+        raise GgmlExportError(f"layer {name} is {qt.fmt.bits}-bit with a float minimum, and ggml's only wider block "
+                              "(q8_0) has no minimum; quantize with --integer-zero or --symmetric to export it.")
     in_features = qt.codes.shape[1]
     group = in_features if qt.fmt.group_size == -1 else qt.fmt.group_size
     if group % BLOCK:

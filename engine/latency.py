@@ -4,6 +4,10 @@ Our torch models run quantized weights as dequantized floats (fake quant), so th
 about low-bit speed. A real runtime runs the codes: whisper.cpp for any integer grid ggml's blocks carry,
 CTranslate2 for 8-bit per-channel symmetric weights. Each one that can run the model is timed on the same
 clips (after one warm-up clip) and the fastest is reported with its name.
+
+A runtime's speed is a property of its file format (whisper.cpp q4_1, CTranslate2 int8) and thread count,
+not of which codes a method chose, so a caller may keep the timings it has measured (``timed``) and reuse
+them for the next model of the same base model and format: a server times each format once, not every run.
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ def _ctranslate2_can_run(model: ModelToRun) -> bool:
     return model.base_model in REGISTRY and not model.full_precision and _every_weight_passes(int8_rows, model)
 
 
-def runnable_runtimes(model: ModelToRun) -> list[str]:
-    """The real runtimes that run this model's codes as they are."""
+def runnable_runtimes(model: ModelToRun, among: Sequence[str] | None = None) -> list[str]:
+    """The real runtimes (of among, if given) that run this model's codes as they are."""
     checks = {"whisper.cpp": _whisper_cpp_can_run, "ctranslate2": _ctranslate2_can_run}
-    return [name for name, can_run in checks.items() if can_run(model)]
+    return [name for name, can_run in checks.items() if (among is None or name in among) and can_run(model)]
 
 
 def time_runtime(runtime, audios: Sequence[np.ndarray]) -> float:
@@ -68,18 +72,27 @@ def time_runtime(runtime, audios: Sequence[np.ndarray]) -> float:
     return (time.perf_counter() - start) / (sum(len(a) for a in audios) / SAMPLE_RATE)
 
 
-def fastest_real_runtime(model: ModelToRun, audios: Sequence[np.ndarray], threads: int,
-                         workdir: str | Path) -> RuntimeLatency | None:
-    """Time every real runtime that can run model; None when none can (the model is fake quant only)."""
+def fastest_real_runtime(model: ModelToRun, audios: Sequence[np.ndarray], threads: int, workdir: str | Path,
+                         timed: dict | None = None, among: Sequence[str] | None = None) -> RuntimeLatency | None:
+    """Time every real runtime (of among, if given) that can run model; None when none can (fake quant only).
+
+    Each runtime still opens (whisper.cpp writes its model file under workdir), but one whose format was
+    already timed for this base model on as many clips is taken from timed (which this call fills).
+    """
     best = None
-    for name in runnable_runtimes(model):
+    for name in runnable_runtimes(model, among):
         try:
             runtime = open_runtime(name, model, threads=threads, workdir=Path(workdir) / name)
         except UserError as exc:  # e.g. CTranslate2's fused q/k/v with only some of them in 8 bits
             log.info("%s cannot run this model: %s", name, exc)
             continue
-        rtf = time_runtime(runtime, audios)
-        log.info("%s: RTF %.3f on %d clips", runtime.label, rtf, len(audios))
-        if best is None or rtf < best.rtf:
-            best = RuntimeLatency(runtime.label, rtf, len(audios))
+        key = (model.base_model, runtime.label, len(audios))
+        found = timed.get(key) if timed is not None else None
+        if found is None:
+            found = RuntimeLatency(runtime.label, time_runtime(runtime, audios), len(audios))
+            log.info("%s: RTF %.3f on %d clips", found.runtime, found.rtf, found.clips)
+            if timed is not None:
+                timed[key] = found
+        if best is None or found.rtf < best.rtf:
+            best = found
     return best

@@ -36,11 +36,15 @@ from engine.samples import SAMPLE_DIR, EvalSet, eval_set
 log = logging.getLogger(__name__)
 
 # Saved results of an older version are not reused: version 2 calibrates on two voices (stratified, never on a
-# scored clip) and stores intervals; version 3 adds the latency on a real runtime.
-RESULTS_VERSION = 3
+# scored clip) and stores intervals; version 3 adds the latency on a real runtime; version 4 fits asymmetric
+# grids from each group's float minimum.
+RESULTS_VERSION = 4
 APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
 LATENCY_CLIPS = 3  # scored clips timed on the real runtime (after a warm-up on the first)
 WHISPER_CPP_FILE = "model-whisper.cpp.bin"  # in the run's artifact folder: the page's download
+# Full precision is timed on CTranslate2 float32 (faster-whisper's runtime), the fastest real one for it here
+# (bench/results/deployment.md: whisper.cpp f16 took 2.8x its time), instead of opening every runtime.
+FP32_RUNTIMES = ("ctranslate2",)
 
 
 def run_id_of(request: dict) -> str:
@@ -67,18 +71,13 @@ def _models(context: dict, safe_only: bool = False) -> ModelCache:
 
 
 def _real_latency(context: dict, model: ModelToRun, clips: EvalSet, workdir: Path,
-                  key: tuple | None = None) -> dict | None:
-    """The fastest real runtime's latency on the first scored clips (cached per worker under key, if given);
-    the runtimes' model files stay in workdir."""
-    cache = context.setdefault("real_latency", {})
-    if key is not None and key in cache:
-        return cache[key]
+                  among: tuple[str, ...] | None = None) -> dict | None:
+    """The fastest real runtime's latency on the first scored clips; each format is timed once per worker (see
+    engine/latency.py). The runtimes' model files stay in workdir."""
     audios = [load_audio(u.path) for u in clips.utterances[:LATENCY_CLIPS]]
-    found = fastest_real_runtime(model, audios, torch.get_num_threads(), workdir)
-    value = found.to_dict() if found else None
-    if key is not None:
-        cache[key] = value
-    return value
+    found = fastest_real_runtime(model, audios, torch.get_num_threads(), workdir,
+                                 timed=context.setdefault("real_latency", {}), among=among)
+    return found.to_dict() if found else None
 
 
 def _fp32_report(context: dict, model: str, clips: EvalSet, safe_only: bool = False):
@@ -126,7 +125,7 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="asrq-latency-"))
     try:
         real = _real_latency(context, runnable, scored, workdir / "quantized")
-        real_fp32 = _real_latency(context, fp32_model, scored, workdir / "fp32", (request["model"], scored.folder))
+        real_fp32 = _real_latency(context, fp32_model, scored, workdir / "fp32", FP32_RUNTIMES)
         # The whisper.cpp file the timing ran on is the page's download (kept with the artifact).
         exported = workdir / "quantized" / "whisper.cpp" / "model-ggml.bin"
         summary = _summary(request, run_id, folder, config, calibration, result, scored, report, fp32, real, real_fp32)

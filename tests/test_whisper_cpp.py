@@ -17,18 +17,19 @@ from engine.ggml_blocks import GgmlExportError, check_exportable, container_for,
 from engine.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0
 from tests.conftest import speech_dir
 
-GRIDS = [  # (bits, symmetric, group size) -> the narrowest ggml block that carries it
-    ((4, True, 32), Q4_0), ((4, False, 64), Q4_1), ((3, False, 32), Q4_1), ((2, False, 128), Q4_1),
-    ((5, False, 32), Q5_1), ((8, True, -1), Q8_0), ((6, False, 64), Q8_0),
+GRIDS = [  # (bits, symmetric, group size, integer zero) -> the narrowest ggml block that carries it
+    ((4, True, 32, False), Q4_0), ((4, False, 64, False), Q4_1), ((3, False, 32, False), Q4_1),
+    ((2, False, 128, False), Q4_1), ((5, False, 32, False), Q5_1), ((8, True, -1, False), Q8_0),
+    ((6, False, 64, True), Q8_0), ((4, False, 32, True), Q4_1), ((5, False, 64, True), Q5_1),
 ]
 
 
 @pytest.mark.parametrize("grid, narrowest", GRIDS)
 def test_ggml_dequantizes_our_codes_to_our_weights(grid, narrowest):
-    bits, symmetric, group = grid
+    bits, symmetric, group, integer_zero = grid
     torch.manual_seed(bits)
     w = torch.randn(24, 256) * torch.linspace(0.1, 3, 256)  # columns of different ranges: groups differ
-    qt = rtn_quantize(w, IntFormat(bits, group, symmetric))
+    qt = rtn_quantize(w, IntFormat(bits, group, symmetric, integer_zero=integer_zero))
     ours = qt.dequantize().numpy()
     assert container_for({"layer": qt}, has_full_precision=False) is narrowest
     for kind in (Q4_0, Q4_1, Q5_1, Q8_0):
@@ -54,6 +55,8 @@ def test_formats_with_no_ggml_block_get_a_sentence():
         check_exportable("model.encoder.layers.0.fc1", nf4_quantize(w, 64))
     with pytest.raises(GgmlExportError, match="q8_0\\) is symmetric"):
         check_exportable("layer", rtn_quantize(w, IntFormat(8, 64, False)))
+    with pytest.raises(GgmlExportError, match="float minimum"):
+        check_exportable("layer", rtn_quantize(w, IntFormat(6, 64)))
     with pytest.raises(GgmlExportError, match="multiple of 32"):
         check_exportable("layer", rtn_quantize(w, IntFormat(4, 16, False)))
     assert container_for({"a": rtn_quantize(w, IntFormat(4, 32, True))}, has_full_precision=True) is F16
@@ -125,3 +128,24 @@ def test_fitted_encoder_window_covers_the_clip_and_never_exceeds_whisper_s():
     assert fitted_audio_ctx(5 * 16000) == 250 + AUDIO_CTX_MARGIN  # 50 encoder frames per second
     assert fitted_audio_ctx(5 * 16000 + 1) == 251 + AUDIO_CTX_MARGIN
     assert fitted_audio_ctx(40 * 16000) == FULL_AUDIO_CTX
+
+
+@pytest.mark.slow
+def test_real_latency_times_each_format_once_and_names_it(tiny, tmp_path):
+    from engine.audio import load_audio
+    from engine.config import NF4Config, RTNConfig
+    from engine.latency import fastest_real_runtime
+    from engine.quantize import quantize
+    from engine.runtimes import ModelToRun
+
+    audios = [load_audio(u.path) for u in load_dataset(speech_dir("jfk"))[:1]]
+    timed = {}
+    rtn4, rtn3 = (ModelToRun.from_result(quantize(tiny, RTNConfig(bits=b, group_size=g)), "tiny.en")
+                  for b, g in ((4, 32), (3, 64)))
+    first = fastest_real_runtime(rtn4, audios, 2, tmp_path / "rtn4", timed)
+    assert first.runtime == "whisper.cpp q4_1, 2 threads" and 0 < first.rtf < 5 and first.clips == 1
+    # 3-bit codes ride in the same q4_1 container: written out (the page's download), not timed again.
+    assert fastest_real_runtime(rtn3, audios, 2, tmp_path / "rtn3", timed) is first and len(timed) == 1
+    assert (tmp_path / "rtn3" / "whisper.cpp" / "model-ggml.bin").is_file()
+    nf4 = ModelToRun.from_result(quantize(tiny, NF4Config()), "tiny.en")
+    assert fastest_real_runtime(nf4, audios, 2, tmp_path / "nf4", timed) is None  # fake quant only

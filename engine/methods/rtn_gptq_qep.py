@@ -16,7 +16,7 @@ from engine.methods.qep import qep_correct
 def layer_format(spec: LayerSpec, config: QuantConfig) -> IntFormat:
     if spec.bits < 2:
         raise LayerTableError(f"layer {spec.name}: integer grids need 2 bits at least; {spec.bits}-bit layers need gq.")
-    return IntFormat(spec.bits, spec.group_size, config.symmetric, config.clip_search)
+    return IntFormat(spec.bits, spec.group_size, config.symmetric, config.clip_search, config.integer_zero)
 
 
 def round_weight(w: torch.Tensor, m: Moments | None, spec: LayerSpec, config: QuantConfig, base: str) -> QuantizedTensor:

@@ -42,6 +42,23 @@ def test_other_clips() -> EvalClips:
     return EvalClips(utterances, audios, [u.reference for u in utterances], sum(map(len, audios)) / SAMPLE_RATE)
 
 
+# The instruction sets that decide which int8/fp32 kernels a runtime takes: a table's time ratios between int8
+# and float systems only compare across runs on CPUs with the same ones.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu() -> dict:
+    """The CPU's model name and which of ISA_FLAGS it has (from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", ""), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(),
@@ -49,6 +66,8 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 

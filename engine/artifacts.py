@@ -71,9 +71,10 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict 
     for name, qt in result.tensors.items():
         tensors |= {f"{name}.{key}": array for key, array in qt.to_arrays().items()}
     state = model.state_dict()
+    # Found by storage: a quantized output layer's weight is also the token embedding's (tied).
+    quantized = {model.get_submodule(name).weight.data_ptr() for name in result.tensors}
     for pname in unique_parameters(model):
-        layer = pname.rsplit(".", 1)[0]
-        if layer in result.dropped or (layer in result.tensors and pname.endswith(".weight")):
+        if pname.rsplit(".", 1)[0] in result.dropped or state[pname].data_ptr() in quantized:
             continue
         tensors[pname] = state[pname].half().numpy()
     meta = {
@@ -180,6 +181,7 @@ def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
     config = WhisperConfig.from_dict(meta["whisper_config"])
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig.from_dict(meta["generation_config"])
+    model.tie_weights()  # before the copies: a quantized output layer's codes also set the token embedding
     state = model.state_dict()
     dropped = set(meta["dropped"])
     with torch.no_grad():
@@ -191,7 +193,6 @@ def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
                 state[pname].copy_(torch.from_numpy(tensors[pname].astype(np.float32)))
         for name, qt in weights_from(meta, tensors, model).items():
             model.get_submodule(name).weight.copy_(qt.dequantize())
-    model.tie_weights()
     if meta.get("activations"):
         attach_input_quantizers(model, meta["activations"])
     tokens = WhisperTokens.from_file(folder / TOKENIZER_FILE, config.vocab_size)

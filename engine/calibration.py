@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from engine.audio import SAMPLE_RATE
-from engine.layer_table import linear_layers
+from engine.layer_table import OUTPUT_LAYER, linear_layers
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
 
@@ -194,14 +194,14 @@ class TwoStreamPass:
     """Drives the sequential pass; ``on_group(part, block, layers, stats)`` quantizes a group in place."""
 
     def __init__(self, loaded: LoadedModel, data: CalibrationData, batch_size: int = 8,
-                 progress: Callable[[float, str], None] | None = None):
+                 progress: Callable[[float, str], None] | None = None, output_layer: bool = False):
         self.model = loaded.model
+        self.output_layer = output_layer  # end with a group for the output layer (input: the final layer norm)
         self.data = data
         self.batch_size = batch_size
         self.progress = progress or (lambda f, msg: None)
         self.block_records: list[BlockRecord] = []
         self.pad_token = loaded.tokens.end_of_text
-        self.decoder_states: tuple[torch.Tensor, torch.Tensor] | None = None  # last block outputs (fp, quantized)
 
     def _encoder_input(self) -> torch.Tensor:
         enc = self.model.model.encoder
@@ -246,7 +246,10 @@ class TwoStreamPass:
                                         token_mask, frame_mask, on_group)
             done = len(encoder.layers) + b + 1
             self.progress(done / n_blocks, f"decoder block {b + 1}/{len(decoder.layers)}")
-        self.decoder_states = (y_fp, y_q)
+        if self.output_layer:  # the logits' layer reads the final layer norm of both streams
+            h_fp, h_q = decoder.layer_norm(y_fp), decoder.layer_norm(y_q)
+            self._quantize_group("", model, {OUTPUT_LAYER: h_fp}, {OUTPUT_LAYER: h_q}, token_mask, token_mask,
+                                 self.data.split_of_clip(), on_group, ("decoder", len(decoder.layers)))
 
     def _accumulate(self, inputs_fp: torch.Tensor, inputs_q: torch.Tensor, token_mask: torch.Tensor,
                     split_of_clip: torch.Tensor) -> LayerStats:
@@ -260,7 +263,9 @@ class TwoStreamPass:
             stats.add_batch(a, b, split=int(split_of_clip[clip]))
         return stats
 
-    def _quantize_group(self, part, index, block, inputs_fp, inputs_q, mask, cross_mask, split_of_clip, on_group):
+    def _quantize_group(self, prefix, owner, inputs_fp, inputs_q, mask, cross_mask, split_of_clip, on_group, where):
+        """Moments of one group's inputs, then on_group(*where, layers, stats); prefix + name is a layer's full
+        name, owner the module holding the group's layers, where (part, block) for the callback."""
         stats: dict[str, LayerStats] = {}
         shared: dict[tuple[int, int], LayerStats] = {}  # q/k/v (and cross k/v) read the same input
         for name in inputs_fp:
@@ -269,9 +274,8 @@ class TwoStreamPass:
                 shared[key] = self._accumulate(inputs_fp[name], inputs_q[name],
                                                cross_mask if name in CROSS_KV else mask, split_of_clip)
             stats[name] = shared[key]
-        full = {name: f"model.{part}.layers.{index}.{name}" for name in inputs_fp}
-        on_group(part, index, {full[n]: block.get_submodule(n) for n in inputs_fp},
-                 {full[n]: stats[n] for n in inputs_fp})
+        full = {name: prefix + name for name in inputs_fp}
+        on_group(*where, {full[n]: owner.get_submodule(n) for n in inputs_fp}, {full[n]: stats[n] for n in inputs_fp})
         for s in shared.values():
             s.free()
 
@@ -287,7 +291,8 @@ class TwoStreamPass:
                 out_fp = done.value
                 break
             inputs_q = next(q_stages)
-            self._quantize_group(part, index, block, inputs_fp, inputs_q, mask, cross_mask, split_of_clip, on_group)
+            self._quantize_group(f"model.{part}.layers.{index}.", block, inputs_fp, inputs_q, mask, cross_mask,
+                                 split_of_clip, on_group, (part, index))
             del inputs_fp, inputs_q  # let the stages free them while computing the next group's inputs
         try:
             next(q_stages)

@@ -46,7 +46,7 @@ def _layer_table(args: argparse.Namespace, loaded, config):
 
     if not args.layers and not args.preset:
         return None
-    table = preset_table(loaded.model, args.preset or "uniform", config.bits, config.group_size)
+    table = preset_table(loaded.model, args.preset or "uniform", config.bits, config.group_size, config.quantize_output)
     return apply_overrides(table, load_overrides(args.layers)) if args.layers else table
 
 
@@ -248,7 +248,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max",
                   "rule", "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
-                  "activation_bits", "clip_search", "integer_zero")
+                  "activation_bits", "clip_search", "integer_zero",
+                  "quantize_output")
 
 
 def _add_decoding_option(p: argparse.ArgumentParser) -> None:
@@ -272,6 +273,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--symmetric", action="store_true", default=None)
     g.add_argument("--integer-zero", action="store_true", default=None,
                    help="asymmetric grids with an integer zero point (the GPTQ reference's) instead of a float minimum")
+    g.add_argument("--quantize-output", action="store_true", default=None,
+                   help="also quantize the output layer, tied to the token embedding (whisper.cpp rounds it anyway)")
     g.add_argument("--clip-search", action="store_true", default=None,
                    help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")

@@ -32,6 +32,8 @@ class QuantConfig:
     symmetric: bool = False  # symmetric grid (zero at the middle code) or min-max from a float16 minimum
     clip_search: bool = False  # fit each group's range by a shrink search (GPTQ's mse option) instead of min-max
     integer_zero: bool = False  # asymmetric grid with a uint8 zero point (the GPTQ reference's) instead of a minimum
+    # Also quantize the output layer (tied to the token embedding): a row after the decoder in the table.
+    quantize_output: bool = False
 
     method = "base"
 

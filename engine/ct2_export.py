@@ -23,6 +23,7 @@ import torch
 from engine.ct2 import read_model_bin
 from engine.errors import UserError
 from engine.formats import QuantizedTensor
+from engine.layer_table import OUTPUT_LAYER
 from engine.models import REGISTRY
 
 BINARY_VERSION = 6
@@ -79,6 +80,9 @@ def export_ctranslate2(base_model: str, weights: dict[str, QuantizedTensor], out
     if base_model not in REGISTRY:
         raise CT2ExportError(f"CTranslate2 export needs one of the bundled models ({', '.join(REGISTRY)}) as its "
                              f"template; {base_model!r} is not one.")
+    if OUTPUT_LAYER in weights:
+        raise CT2ExportError("the output layer (tied to the token embedding) is quantized, and this export keeps "
+                             "CTranslate2's float embedding; quantize without --quantize-output.")
     files = REGISTRY[base_model].locate()
     template = read_model_bin(files.model_parts)
     variables = dict(template.variables)

@@ -45,6 +45,11 @@ def default_history_path() -> Path:
     return data_dir() / "history.sqlite"
 
 
+# Kept in the run's artifact folder, not in its history row: an edited layer table can be a thousand rows
+# (the row keeps its short layers_key), and the per-layer records are for the page's plots.
+ARTIFACT_ONLY = ("overrides", "layer_records")
+
+
 class RunHistory:
     """The runs table at ``path`` (created on first use)."""
 
@@ -66,7 +71,8 @@ class RunHistory:
         row = (summary["run_id"], time.time(), session, summary["model"], summary["method"], summary["bits"],
                summary["group_size"], summary["seed"], summary.get("layers_key", ""), summary["size"]["size_bytes"],
                summary["size"]["fp32_size_bytes"], summary.get("demo_wer"), summary.get("demo_wer_fp32"),
-               summary.get("demo_rtf"), summary.get("seconds"), json.dumps(summary))
+               summary.get("demo_rtf"), summary.get("seconds"),
+               json.dumps({k: v for k, v in summary.items() if k not in ARTIFACT_ONLY}))
         with closing(self._connect()) as db, db:
             db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}, summary) VALUES "
                        f"({', '.join('?' * (len(COLUMNS) + 1))})", row)

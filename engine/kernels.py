@@ -82,7 +82,7 @@ def int4_weight_only(result: QuantizationResult) -> tuple[LoadedModel, list[str]
     for name, qt in result.tensors.items():
         if not int4_supported(qt):
             continue
-        parent_name, leaf = name.rsplit(".", 1)
+        parent_name, _, leaf = name.rpartition(".")  # the output layer ("proj_out") hangs off the model itself
         parent = model.get_submodule(parent_name)
         setattr(parent, leaf, Int4Linear(qt, getattr(parent, leaf).bias))
         on_kernel.append(name)

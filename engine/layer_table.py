@@ -57,6 +57,8 @@ class LayerSpec:
             raise LayerTableError(f"{where}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {_short(self.bits)}.")
         if self.action not in ACTIONS:
             raise LayerTableError(f"{where}: action must be one of {', '.join(ACTIONS)}, not {_short(self.action)}.")
+        if self.kind == "output" and self.action == "drop":
+            raise LayerTableError(f"{where} makes the logits; it can be quantized or kept, not dropped.")
         if not (self.group_size == -1 or (isinstance(self.group_size, int) and self.group_size > 0)):
             raise LayerTableError(f"{where}: group size must be -1 (per channel) or positive, not {_short(self.group_size)}.")
         if self.group_size != -1 and self.in_features % self.group_size:
@@ -65,6 +67,16 @@ class LayerSpec:
             )
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
             raise LayerTableError(f"{where}: alpha must be between 0 and 1, not {_short(self.alpha)}.")
+
+
+# The output projection, tied to the token embedding (half of tiny.en's weights). Not a block linear: a table
+# has its row only when asked for (quantize_output), since whisper.cpp rounds it anyway and every other
+# runtime keeps it in float.
+OUTPUT_LAYER = "proj_out"
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    return model.get_submodule(OUTPUT_LAYER)
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
@@ -88,14 +100,27 @@ def describe(name: str, layer: nn.Linear) -> LayerSpec:
     return LayerSpec(name, part, int(block), _KINDS.get(rest, rest), layer.out_features, layer.in_features)
 
 
-def build_table(model: nn.Module, bits: int = 4, group_size: int = 64, alpha: float | None = None) -> list[LayerSpec]:
-    """The default table: every block linear quantized at the same settings.
+def table_layers(model: nn.Module, with_output: bool = False) -> dict[str, nn.Linear]:
+    """The layers a table has rows for, in execution order: the block linears, then the output layer if asked."""
+    layers = linear_layers(model)
+    return {**layers, OUTPUT_LAYER: output_layer(model)} if with_output else layers
+
+
+def _describe_output(model: nn.Module) -> LayerSpec:
+    layer = output_layer(model)
+    blocks = len(model.model.decoder.layers)  # its row sits after the last decoder block
+    return LayerSpec(OUTPUT_LAYER, "decoder", blocks, "output", layer.out_features, layer.in_features)
+
+
+def build_table(model: nn.Module, bits: int = 4, group_size: int = 64, alpha: float | None = None,
+                with_output: bool = False) -> list[LayerSpec]:
+    """The default table: every block linear (and with_output the output layer) quantized at the same settings.
 
     A group size that does not divide a layer's width falls back to per-channel for that layer.
     """
     rows = []
-    for name, layer in linear_layers(model).items():
-        spec = describe(name, layer)
+    for name, layer in table_layers(model, with_output).items():
+        spec = _describe_output(model) if name == OUTPUT_LAYER else describe(name, layer)
         g = group_size if group_size == -1 or spec.in_features % group_size == 0 else -1
         rows.append(replace(spec, bits=bits, group_size=g, alpha=alpha))
     for row in rows:
@@ -141,6 +166,31 @@ def _short(value: object, limit: int = 60) -> str:
 
 def table_to_json(table: list[LayerSpec]) -> str:
     return json.dumps({"format_version": TABLE_FORMAT_VERSION, "layers": [asdict(r) for r in table]}, indent=1)
+
+
+MAX_TABLE_CHARS = 256 * 1024  # a full table of whisper small (193 rows) is about 40 KB of JSON
+MAX_TABLE_ROWS = 1000
+
+
+def parse_overrides(text: str) -> list[dict] | None:
+    """Layer rows from JSON text (None when empty), bounded in size before parsing and in rows after."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    if len(text) > MAX_TABLE_CHARS:
+        raise LayerTableError(f"The layer table is {len(text):,} characters long; at most {MAX_TABLE_CHARS:,} "
+                              "are accepted.")
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:
+        raise LayerTableError("The layer table is not valid here: its JSON nests too deeply.") from exc
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        raise LayerTableError(f"The layer table is not valid JSON ({_short(str(exc), 120)}).") from exc
+    rows = data.get("layers") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise LayerTableError("The layer table must be a list of rows or an object with a 'layers' list.")
+    if len(rows) > MAX_TABLE_ROWS:
+        raise LayerTableError(f"The layer table has {len(rows):,} rows; at most {MAX_TABLE_ROWS:,} are accepted.")
+    return rows
 
 
 def load_overrides(path: str | Path) -> list[dict]:
@@ -196,7 +246,8 @@ PRESETS = {
 def apply_preset(table: list[LayerSpec], name: str, bits: int) -> list[LayerSpec]:
     if name not in PRESETS:
         raise LayerTableError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    blocks = {part: 1 + max(r.block for r in table if r.part == part) for part in {r.part for r in table}}
+    blocks = {part: 1 + max(r.block for r in table if r.part == part and r.kind != "output")
+              for part in {r.part for r in table}}
     rule = PRESETS[name][1]
     out = [replace(row, **rule(row, bits, blocks)) for row in table]
     for row in out:
@@ -204,6 +255,6 @@ def apply_preset(table: list[LayerSpec], name: str, bits: int) -> list[LayerSpec
     return out
 
 
-def preset_table(model: nn.Module, name: str, bits: int, group_size: int) -> list[LayerSpec]:
+def preset_table(model: nn.Module, name: str, bits: int, group_size: int, with_output: bool = False) -> list[LayerSpec]:
     """The default table at bits/group_size with the named preset applied (what the page and CLI start from)."""
-    return apply_preset(build_table(model, bits, group_size), name, bits)
+    return apply_preset(build_table(model, bits, group_size, with_output=with_output), name, bits)

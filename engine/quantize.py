@@ -20,7 +20,7 @@ from engine.calibration import BlockRecord, CalibrationData, TwoStreamPass, chec
 from engine.config import QuantConfig
 from engine.diagnostics import LayerRecord, record_for, refined_record
 from engine.errors import UserError
-from engine.layer_table import LayerSpec, build_table, linear_layers
+from engine.layer_table import OUTPUT_LAYER, LayerSpec, build_table, table_layers
 from engine.methods import QuantizedWeight, get_method
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
@@ -33,7 +33,7 @@ ProgressFn = Callable[[float, str], None]
 
 def branch_of(layer_name: str) -> str:
     """'model.encoder.layers.0.self_attn.q_proj' -> 'model.encoder.layers.0.self_attn'; fc1/fc2 -> '...0.ffn'."""
-    prefix, leaf = layer_name.rsplit(".", 1)
+    prefix, _, leaf = layer_name.rpartition(".")
     return prefix + ".ffn" if leaf in ("fc1", "fc2") else prefix
 
 
@@ -68,15 +68,17 @@ def _apply_drops(model: nn.Module, table: list[LayerSpec]) -> set[str]:
 
 
 def _round_other_parameters_to_fp16(model: nn.Module, quantized_layers: set[str]) -> None:
-    """The deployable form stores every non-quantized parameter as float16: evaluate exactly that."""
+    """The deployable form stores every non-quantized parameter as float16: evaluate exactly that. A quantized
+    weight is found by its storage, since a tied one (the output layer's) also goes by another name."""
+    quantized = {model.get_submodule(name).weight.data_ptr() for name in quantized_layers}
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not (name.endswith(".weight") and name.rsplit(".", 1)[0] in quantized_layers):
+        for p in model.parameters():
+            if p.data_ptr() not in quantized:
                 p.copy_(p.half().float())
 
 
 def resolve_table(model: nn.Module, config: QuantConfig, layers: list[LayerSpec] | None) -> list[LayerSpec]:
-    default = build_table(model, config.bits, config.group_size)
+    default = build_table(model, config.bits, config.group_size, with_output=config.quantize_output)
     if layers is None:
         return default
     names = [row.name for row in default]
@@ -104,6 +106,7 @@ def quantize(
     start = time.perf_counter()
     model = copy.deepcopy(loaded.model)
     table = resolve_table(model, config, layers)
+    method.check_table(table, config)  # a row the method cannot take fails now, before calibration
     specs = {row.name: row for row in table}
     dropped = _apply_drops(model, table)
     tensors: dict[str, QuantizedWeight] = {}
@@ -127,7 +130,7 @@ def quantize(
             layer.weight.copy_(outcome.quantized.dequantize())
         records[name] = record_for(spec, w, outcome, stats)
 
-    linears = linear_layers(model)
+    linears = table_layers(model, with_output=OUTPUT_LAYER in specs)
     if calibration is not None and method.needs_moments:
         check_layers_covered(model)
         qloaded = replace(loaded, model=model)
@@ -136,7 +139,8 @@ def quantize(
             for name, layer in group.items():
                 quantize_layer(name, layer, stats[name])
 
-        runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=pass_progress)
+        runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=pass_progress,
+                               output_layer=OUTPUT_LAYER in specs)
         runner.run(on_group)
         block_records = runner.block_records
     else:

@@ -19,6 +19,7 @@ import torch
 from engine.errors import UserError
 from engine.formats import QuantizedTensor
 from engine.ggml_lib import GgmlType
+from engine.layer_table import OUTPUT_LAYER
 from engine.models import LoadedModel
 from engine.transcribe import transcribe
 
@@ -140,7 +141,8 @@ class ModelToRun:
     @classmethod
     def from_result(cls, result, base_model: str) -> "ModelToRun":
         """A QuantizationResult (engine/quantize.py) as a runtime runs it."""
-        full = frozenset(r.name for r in result.table if r.bits >= 16 and r.name not in result.dropped)
+        full = frozenset(r.name for r in result.table
+                         if r.bits >= 16 and r.name not in result.dropped and r.name != OUTPUT_LAYER)
         return cls(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant, base_model)
 
     @classmethod
@@ -153,8 +155,8 @@ class ModelToRun:
         loaded, meta = load_quantized(folder)
         weights = weights_from(meta, load_file(str(Path(folder) / WEIGHTS_FILE)), loaded.model)
         dropped = frozenset(meta["dropped"])
-        full = frozenset(r["name"] for r in meta["layers"]
-                         if r["bits"] >= 16 and r["name"] not in dropped and r["name"] not in weights)
+        full = frozenset(r["name"] for r in meta["layers"] if r["bits"] >= 16 and r["name"] not in dropped
+                         and r["name"] not in weights and r["name"] != OUTPUT_LAYER)
         return cls(loaded, weights, full, dropped, meta["fake_quant"], meta["model"]["name"], meta)
 
 

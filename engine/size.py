@@ -47,18 +47,18 @@ def unique_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def size_report(model: nn.Module, weight_bytes: dict[str, int], dropped: set[str]) -> SizeReport:
-    """weight_bytes: quantized layer name -> bytes of its packed weight; dropped: layers of removed branches."""
-    params = unique_parameters(model)
-    total_elements = sum(params.values())
+    """weight_bytes: quantized layer name -> bytes of its packed weight; dropped: layers of removed branches.
+    A quantized weight is found by its storage: a tied one (the output layer's) also goes by another name."""
+    packed = {model.get_submodule(layer).weight.data_ptr(): nbytes for layer, nbytes in weight_bytes.items()}
+    params = {name: p for name, p in model.named_parameters()}  # each tensor once, under its first name
+    total_elements = sum(p.numel() for p in params.values())
     size = quantized = 0
-    for name, count in params.items():
-        layer = name.rsplit(".", 1)[0]
-        if layer in dropped:
+    for name, p in params.items():
+        if name.rsplit(".", 1)[0] in dropped:
             continue
-        if layer in weight_bytes and name.endswith(".weight"):
-            nbytes = weight_bytes[layer]
-            quantized += nbytes
-            size += nbytes
+        if p.data_ptr() in packed:
+            quantized += packed[p.data_ptr()]
+            size += packed[p.data_ptr()]
         else:
-            size += count * FP16_BYTES
+            size += p.numel() * FP16_BYTES
     return SizeReport(size, total_elements * FP32_BYTES, total_elements * FP16_BYTES, quantized)

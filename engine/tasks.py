@@ -106,7 +106,8 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     config = make_config(request["method"], **request.get("settings", {}))
     table = None
     if request.get("overrides"):
-        table = apply_overrides(build_table(loaded.model, config.bits, config.group_size), request["overrides"])
+        table = apply_overrides(build_table(loaded.model, config.bits, config.group_size,
+                                            with_output=config.quantize_output), request["overrides"])
     scored = eval_set(request.get("eval_dir"))
     calibration = None
     if get_method(config.method).uses_calibration(config):

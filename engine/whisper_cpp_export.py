@@ -6,9 +6,10 @@ File layout (whisper.cpp's whisper_model_load; tensor names as in its convert-h5
     n_dims, name length, type, the dims innermost first, the name, the data.
 whisper.cpp gives every 2-D weight (each linear layer and the token embedding, which is also the output
 layer) the file's one type, convolutions float16 and everything else float32. Our integer codes are
-packed as they are (engine/ggml_blocks.py); 2-D weights our quantization left in full precision (the
-token embedding always) get what whisper.cpp's own quantize tool gives them: ggml's round-to-nearest of
-their float16 values in the file's type.
+packed as they are (engine/ggml_blocks.py), the token embedding's too when the output layer tied to it was
+quantized (quantize_output); 2-D weights our quantization left in full precision (the token embedding
+otherwise) get what whisper.cpp's own quantize tool gives them: ggml's round-to-nearest of their float16
+values in the file's type.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from engine import ggml_lib
 from engine.formats import QuantizedTensor
 from engine.ggml_blocks import check_exportable, container_for, pack
 from engine.ggml_lib import F16, F32, GgmlType
+from engine.layer_table import OUTPUT_LAYER
 from engine.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,14 @@ def _tensor(name: str, array: np.ndarray, kind: GgmlType, shape: tuple[int, ...]
     return struct.pack(f"<3i{len(dims)}i", len(dims), len(encoded), kind.type_id, *dims) + encoded + array.tobytes()
 
 
+def _codes_of(pname: str, weights: dict[str, QuantizedTensor]) -> QuantizedTensor | None:
+    """Our codes for a parameter, if quantized: the token embedding carries the (tied) output layer's."""
+    if pname == TOKEN_EMBEDDING:
+        return weights.get(OUTPUT_LAYER)
+    layer = pname.rsplit(".", 1)[0]
+    return weights.get(layer) if pname.endswith(".weight") else None
+
+
 def export_whisper_cpp(loaded: LoadedModel, weights: dict[str, QuantizedTensor], out: str | Path,
                        container: GgmlType | None = None, full_precision: frozenset[str] = frozenset(),
                        dropped: frozenset[str] = frozenset()) -> ExportReport:
@@ -142,8 +152,8 @@ def export_whisper_cpp(loaded: LoadedModel, weights: dict[str, QuantizedTensor],
                 chunks.append(_tensor(name, value.astype(np.float16), F16, value.shape))
             elif kind is F16:
                 chunks.append(_tensor(name, value.astype(np.float16), F16, value.shape))
-            elif layer in weights and pname.endswith(".weight"):
-                chunks.append(_tensor(name, pack(weights[layer], kind), kind, value.shape))
+            elif (ours := _codes_of(pname, weights)) is not None:
+                chunks.append(_tensor(name, pack(ours, kind), kind, value.shape))
                 exact += 1
             else:  # what whisper.cpp's quantize tool does with a float16 2-D weight
                 if layer in dropped:

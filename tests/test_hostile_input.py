@@ -3,6 +3,7 @@ change nothing (no job started, no history row, no saved file)."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -128,6 +129,10 @@ GOOD = {"model_name": "tiny.en", "method": "rtn", "bits": 4, "group_size": 64, "
     ({"overrides": [{"name": "model.encoder.layers.0.fc1", "bits": 99}]}, "model.encoder.layers.0.fc1: bits"),
     ({"overrides": [{"name": "model.encoder.layers.0.fc1", "alpha": "x" * 10_000}]}, "alpha must be a number"),
     ({"overrides": [{"name": "model.encoder.layers.0.fc1", "action": "explode"}]}, "action must be one of"),
+    # Rows the method cannot take are refused here, not in the worker after queueing.
+    ({"overrides": [{"name": "model.encoder.layers.0.fc1", "bits": 1}]}, "integer grids need 2 bits"),
+    ({"method": "nf4", "overrides": [{"name": "model.decoder.layers.0.fc2", "bits": 8}]}, "nf4 is a 4-bit format"),
+    ({"method": "nf4", "bits": 8}, "nf4 is a 4-bit format"),
 ])
 def test_bad_requests_get_one_sentence_and_start_nothing(explorer, change, message):
     with pytest.raises(UserError, match=message) as info:
@@ -137,7 +142,63 @@ def test_bad_requests_get_one_sentence_and_start_nothing(explorer, change, messa
     assert not explorer.artifact_root.exists()
 
 
+@pytest.mark.parametrize("text,message", [
+    ("[" * 200_000 + "]" * 200_000, "characters long"),
+    ("[" * 50_000 + "]" * 50_000, "nests too deeply"),
+    ('[{"name": "model.encoder.layers.0.fc1", "bits": ' + "9" * 5000 + "}]", "not valid JSON"),
+    ("{not json", "not valid JSON"),
+    ('"a string"', "must be a list"),
+    (json.dumps([{"name": "model.encoder.layers.0.fc1", "bits": 8}] * 1001), "1,001 rows"),
+])
+def test_layer_table_json_is_bounded_before_parsing(text, message):
+    from engine.layer_table import parse_overrides
+
+    with pytest.raises(UserError, match=message) as info:
+        parse_overrides(text)
+    assert one_sentence(info.value)
+
+
+def test_an_unknown_run_id_is_refused_before_any_transcription(explorer, monkeypatch):
+    import gradio as gr
+
+    decoded = []
+    monkeypatch.setattr(explorer, "_audio", lambda path: decoded.append(path))
+    for run_id in ("0123456789ab", "../../etc"):
+        with pytest.raises(gr.Error, match="not here|not a quantized model id"):
+            explorer.transcribe_audio("clip.flac", "tiny.en", run_id=run_id)
+    assert decoded == []
+
+
 def test_a_good_request_passes(explorer):
     request = explorer._request(**GOOD)
     assert request["settings"] == {"bits": 4, "group_size": 64} and request["safe_only"] is False
 
+
+
+def test_wide_flac_is_refused_from_its_header_or_decoded_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    # The hostile review's file: 8 channels at FLAC's highest rate; refused before anything is decoded.
+    wide = tmp_path / "wide.flac"
+    with sf.SoundFile(wide, "w", samplerate=655_350, channels=8, format="FLAC", subtype="PCM_16") as f:
+        f.write(np.zeros((655_350, 8), dtype=np.int16))
+    with pytest.raises(AudioError, match="655,350 Hz") as refused:
+        load_audio(wide, max_seconds=120)
+    assert one_sentence(refused.value)
+    # At an accepted rate: 20 s of 8 channels at 384 kHz is 61 M samples (246 MB as float32); decoded block by
+    # block and mixed down as it goes, it never exists in full.
+    rate, seconds = 384_000, 20
+    allowed = tmp_path / "wide-384k.flac"
+    block = (np.sin(np.arange(rate) * 2 * np.pi * 440 / rate)[:, None] * np.full(8, 8000)).astype(np.int16)
+    with sf.SoundFile(allowed, "w", samplerate=rate, channels=8, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write(block)
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        audio = load_audio(allowed, max_seconds=120)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(audio) == seconds * SAMPLE_RATE
+    # The 16 kHz result is 1.3 MB; one block of 65,536 frames x 8 channels is 2 MB as float32.
+    assert peak < 24 * 2**20, f"decoding peaked at {peak / 2**20:.0f} MB"

@@ -22,14 +22,18 @@ def fake_summary(run_id: str, wer: float = 0.1) -> dict:
             "demo_wer_fp32": 0.05, "demo_rtf": 0.1, "seconds": 1.0}
 
 
-def test_history_keeps_one_row_per_run_and_the_full_summary(tmp_path):
+def test_history_keeps_one_row_per_run_and_its_summary_without_the_table(tmp_path):
     history = RunHistory(tmp_path / "h.sqlite")
-    history.add(fake_summary("a", 0.2), session="s1")
+    table = [{"name": f"model.encoder.layers.0.fc{i % 2 + 1}", "bits": 8} for i in range(1000)]
+    history.add(fake_summary("a", 0.2) | {"overrides": table, "layers_key": "1000 edited rows #abc123"}, session="s1")
     history.add(fake_summary("a", 0.3), session="s2")  # the same run finished twice
     history.add(fake_summary("b"))
     assert history.count() == 2
     assert {r["run_id"] for r in history.runs()} == {"a", "b"}
     assert history.summary("a")["demo_wer"] == 0.2 and history.summary("missing") is None
+    # An edited table lives in the run's artifact folder; the row keeps its short key.
+    assert "overrides" not in history.summary("a") and history.summary("a")["layers_key"] == "1000 edited rows #abc123"
+    assert (tmp_path / "h.sqlite").stat().st_size < 200_000
 
 
 def _writer(path: str, start: int, count: int) -> None:

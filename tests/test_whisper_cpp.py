@@ -149,3 +149,58 @@ def test_real_latency_times_each_format_once_and_names_it(tiny, tmp_path):
     assert (tmp_path / "rtn3" / "whisper.cpp" / "model-ggml.bin").is_file()
     nf4 = ModelToRun.from_result(quantize(tiny, NF4Config()), "tiny.en")
     assert fastest_real_runtime(nf4, audios, 2, tmp_path / "nf4", timed) is None  # fake quant only
+
+
+def test_quantized_output_layer_is_the_token_embedding_everywhere(tiny, tmp_path):
+    from engine.artifacts import load_quantized, save_quantized
+    from engine.config import RTNConfig
+    from engine.ct2_export import CT2ExportError, export_ctranslate2
+    from engine.layer_table import LayerTableError, apply_overrides, build_table
+    from engine.quantize import quantize
+    from engine.runtimes import ModelToRun
+    from engine.whisper_cpp_export import export_whisper_cpp
+
+    plain = quantize(tiny, RTNConfig(bits=4, group_size=32))
+    result = quantize(tiny, RTNConfig(bits=4, group_size=32, quantize_output=True))
+    model = result.loaded.model
+    assert result.table[-1].name == "proj_out" and result.table[-1].kind == "output" and len(result.tensors) == 65
+    # Tied: the codes are the token embedding's as well, and the embedding is no longer counted in float16.
+    assert model.model.decoder.embed_tokens.weight.data_ptr() == model.proj_out.weight.data_ptr()
+    assert torch.equal(model.model.decoder.embed_tokens.weight, result.tensors["proj_out"].dequantize())
+    embedding_fp16 = 51864 * 384 * 2
+    saved = embedding_fp16 - result.tensors["proj_out"].nbytes()
+    assert plain.size.size_bytes - result.size.size_bytes == saved
+    again, _ = load_quantized(save_quantized(result, tmp_path / "art"))
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), model.state_dict().values()))
+    assert sum(f.stat().st_size for f in (tmp_path / "art").iterdir()) < 0.6 * plain.size.size_bytes
+    # whisper.cpp carries our codes in the token embedding instead of rounding it itself.
+    run = ModelToRun.from_artifact(tmp_path / "art")
+    report = export_whisper_cpp(run.loaded, run.weights, tmp_path / "out.bin", None, run.full_precision, run.dropped)
+    assert report.container == "q4_1" and report.exact_layers == 65 and report.ggml_rounded == []
+    with pytest.raises(CT2ExportError, match="output layer"):
+        export_ctranslate2("tiny.en", result.tensors, tmp_path / "ct2")
+    with pytest.raises(LayerTableError, match="not dropped"):
+        apply_overrides(build_table(tiny.model, with_output=True), [{"name": "proj_out", "action": "drop"}])
+
+
+@pytest.mark.slow
+def test_calibrated_methods_quantize_the_output_layer_from_the_final_norm(tiny):
+    from engine.config import GPTQConfig
+    from engine.experiment import build_calibration, calibration_clips
+    from engine.layer_table import apply_overrides, build_table
+    from engine.quantize import quantize
+    from engine.samples import SAMPLE_DIR
+
+    calibration = build_calibration(tiny, calibration_clips(SAMPLE_DIR, 4, 0))
+    config = GPTQConfig(bits=4, group_size=32, quantize_output=True)
+    # Only the last decoder block's fc2 and the output layer quantized: the pass still runs every block.
+    table = apply_overrides(build_table(tiny.model, 4, 32, with_output=True),
+                            [{"name": r.name, "bits": 16} for r in build_table(tiny.model)
+                             if r.name != "model.decoder.layers.3.fc2"])
+    result = quantize(tiny, config, calibration, layers=table)
+    assert sorted(result.tensors) == ["model.decoder.layers.3.fc2", "proj_out"]
+    output = result.layer_records[-1]
+    assert output.name == "proj_out" and output.block == 4
+    # Its input is the decoder's final layer norm in both streams: the quantized fc2 before it made it drift,
+    # and GPTQ keeps the logits' error small.
+    assert output.input_drift > 0 and output.output_error < 0.1

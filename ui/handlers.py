@@ -7,7 +7,6 @@ and gradio's progress bar is handed to the engine as a plain callback.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 import time
@@ -26,7 +25,7 @@ from engine.diagnostics import LayerRecord
 from engine.history import RunHistory
 from engine.jobs import JobCancelled, WorkerPool
 from engine.memory import release_memory
-from engine.layer_table import apply_overrides, build_table, preset_table
+from engine.layer_table import apply_overrides, build_table, parse_overrides, preset_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
 from engine.models import available_models
@@ -155,8 +154,10 @@ class Explorer:
             raise UserError(f"bits, group size and seed must be whole numbers and alpha a number ({exc}).") from exc
         config = make_config(method, **settings)  # a bad setting fails here, in one sentence, before any work
         self._check_model(model_name)
-        if overrides is not None:  # so is a bad layer row (the worker applies them again)
-            apply_overrides(build_table(self.models.get(model_name).model, config.bits, config.group_size), overrides)
+        # So is a bad layer row, or one the method cannot take (the worker applies them again).
+        table = build_table(self.models.get(model_name).model, config.bits, config.group_size,
+                            with_output=config.quantize_output)
+        entry.check_table(apply_overrides(table, overrides) if overrides is not None else table, config)
         return {"model": model_name, "method": method, "settings": settings, "seed": int(seed),
                 "overrides": overrides, "artifact_root": str(self.artifact_root), "safe_only": self.policy.public,
                 "eval_dir": self.eval_dir(eval_dir)}
@@ -263,11 +264,9 @@ class Explorer:
         {"name", "bits", "group_size", "alpha", "action"} rows overriding single layers. eval_dir (private
         servers only): a folder of real clips to score on instead of the demo clips."""
         try:
-            overrides = json.loads(layers_json) if layers_json.strip() else None
+            overrides = parse_overrides(layers_json)
             job = self._request(model, method, bits, group_size, alpha, seed, overrides, eval_dir)
             run_id, summary = self._run_quantize(job, getattr(request, "session_hash", None), lambda f, m: None)
-        except json.JSONDecodeError as exc:
-            raise gr.Error(f"layers_json is not valid JSON ({exc}).") from exc
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
         return {"run_id": run_id, "status": self._status(summary), "size_bytes": summary["size"]["size_bytes"],
@@ -389,14 +388,14 @@ class Explorer:
         """
         try:
             with self.transcriptions.enter(getattr(request, "session_hash", None)):
-                audio = self._audio(audio_path)
                 self._check_model(model_name)
+                result = self._quantized_model(run_id)  # an unknown run id is refused before any decoding
+                audio = self._audio(audio_path)
                 with self.cpu_lock:
                     loaded = self.models.get(model_name)
                     start = time.perf_counter()
                     fp_text = transcribe(loaded, [audio])[0]
                     fp_seconds = time.perf_counter() - start
-                    result = self._quantized_model(run_id)
                     q_text, q_seconds = None, None
                     if result is not None:
                         start = time.perf_counter()

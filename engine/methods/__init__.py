@@ -40,6 +40,12 @@ LayerQuantizer = Callable[[torch.Tensor, LayerStats | None, LayerSpec, QuantConf
 Finalizer = Callable[..., dict]
 # refine(model, loaded, calibration, tensors, targets, config, progress) -> new tensors for (some of) the layers
 Refiner = Callable[..., dict]
+# check_row(spec, config) raises LayerTableError (one sentence) for a row the method cannot quantize
+RowCheck = Callable[[LayerSpec, QuantConfig], object]
+
+
+def _any_row(spec: LayerSpec, config: QuantConfig) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,13 @@ class MethodEntry:
     needs_moments: bool = True  # per-layer moments from the two-stream pass (False: calibration used elsewhere)
     refine: Refiner | None = None
     refines: Callable[[QuantConfig], bool] = lambda config: True  # whether refine runs with these settings
+    check_row: RowCheck = _any_row
+
+    def check_table(self, table: list[LayerSpec], config: QuantConfig) -> None:
+        """Refuse, before any work, a row this method cannot quantize (e.g. 1 bit on an integer grid)."""
+        for row in table:
+            if row.quantized:
+                self.check_row(row, config)
 
     def refines_with(self, config: QuantConfig) -> bool:
         return self.refine is not None and self.refines(config)
@@ -71,10 +84,10 @@ METHODS: dict[str, MethodEntry] = {}
 
 def register(config_cls: type[QuantConfig], needs_calibration: bool | Callable[[QuantConfig], bool], summary: str,
              finalize: Finalizer | None = None, needs_moments: bool = True, refine: Refiner | None = None,
-             refines: Callable[[QuantConfig], bool] = lambda config: True):
+             refines: Callable[[QuantConfig], bool] = lambda config: True, check_row: RowCheck = _any_row):
     def decorator(fn: LayerQuantizer) -> LayerQuantizer:
         METHODS[config_cls.method] = MethodEntry(config_cls.method, config_cls, fn, needs_calibration, summary,
-                                                 finalize, needs_moments, refine, refines)
+                                                 finalize, needs_moments, refine, refines, check_row)
         return fn
 
     return decorator

@@ -29,7 +29,7 @@ from engine.layer_table import LayerSpec
 from engine.methods import LayerOutcome, register
 from engine.methods.moments import LayerStats, Moments
 from engine.methods.qep import qep_direction
-from engine.methods.rtn_gptq_qep import corrected_outcome
+from engine.methods.rtn_gptq_qep import corrected_outcome, layer_format
 
 
 def _gain_curvature(w: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:
@@ -76,7 +76,8 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
     return alpha, notes
 
 
-@register(FADEConfig, needs_calibration=True, summary="QEP with a per-layer alpha from held-out layer diagnostics")
+@register(FADEConfig, needs_calibration=True, summary="QEP with a per-layer alpha from held-out layer diagnostics",
+          check_row=layer_format)
 def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: FADEConfig) -> LayerOutcome:
     m = stats.moments()
     if spec.alpha is not None:  # a user-set alpha in the table wins

@@ -28,12 +28,13 @@ def round_weight(w: torch.Tensor, m: Moments | None, spec: LayerSpec, config: Qu
     return rtn_quantize(w, fmt)
 
 
-@register(RTNConfig, needs_calibration=False, summary="round to nearest on a min-max grid")
+@register(RTNConfig, needs_calibration=False, summary="round to nearest on a min-max grid", check_row=layer_format)
 def quantize_rtn(w: torch.Tensor, stats: LayerStats | None, spec: LayerSpec, config: RTNConfig) -> LayerOutcome:
     return LayerOutcome(rtn_quantize(w, layer_format(spec, config)), w)
 
 
-@register(GPTQConfig, needs_calibration=True, summary="Hessian-based rounding with error feedback")
+@register(GPTQConfig, needs_calibration=True, summary="Hessian-based rounding with error feedback",
+          check_row=layer_format)
 def quantize_gptq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: GPTQConfig) -> LayerOutcome:
     return LayerOutcome(round_weight(w, stats.moments(), spec, config, "gptq"), w)
 
@@ -47,7 +48,8 @@ def corrected_outcome(w: torch.Tensor, m: Moments, spec: LayerSpec, config: QEPC
     return LayerOutcome(quantized, target, alpha, uncorrected, notes)
 
 
-@register(QEPConfig, needs_calibration=True, summary="QEP correction with one global alpha, then GPTQ")
+@register(QEPConfig, needs_calibration=True, summary="QEP correction with one global alpha, then GPTQ",
+          check_row=layer_format)
 def quantize_qep(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: QEPConfig) -> LayerOutcome:
     alpha = config.alpha if spec.alpha is None else spec.alpha
     return corrected_outcome(w, stats.moments(), spec, config, alpha)

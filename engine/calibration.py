@@ -197,6 +197,7 @@ class TwoStreamPass:
                  progress: Callable[[float, str], None] | None = None, output_layer: bool = False):
         self.model = loaded.model
         self.output_layer = output_layer  # end with a group for the output layer (input: the final layer norm)
+        self.decoder_states: tuple[torch.Tensor, torch.Tensor] | None = None  # last block outputs (fp, quantized)
         self.data = data
         self.batch_size = batch_size
         self.progress = progress or (lambda f, msg: None)
@@ -246,6 +247,7 @@ class TwoStreamPass:
                                         token_mask, frame_mask, on_group)
             done = len(encoder.layers) + b + 1
             self.progress(done / n_blocks, f"decoder block {b + 1}/{len(decoder.layers)}")
+        self.decoder_states = (y_fp, y_q)  # what the output layer reads (after the final norm)
         if self.output_layer:  # the logits' layer reads the final layer norm of both streams
             h_fp, h_q = decoder.layer_norm(y_fp), decoder.layer_norm(y_q)
             self._quantize_group("", model, {OUTPUT_LAYER: h_fp}, {OUTPUT_LAYER: h_q}, token_mask, token_mask,

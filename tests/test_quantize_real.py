@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.artifacts import load_quantized, save_quantized
+from engine.artifacts import FORMAT_VERSION, load_quantized, save_quantized
 from engine.audio import load_audio
 from engine.calibration import TwoStreamPass
 from engine.config import FADEConfig, GPTQConfig, GQConfig, NF4Config, RTNConfig, W8A8Config
@@ -92,7 +92,7 @@ def test_save_and_load_give_identical_weights_and_transcripts(tiny, calibration,
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, original[name]), name
     assert transcribe(loaded, demo_audio) == transcribe(result.loaded, demo_audio)
-    assert meta["quant_config"]["method"] == "fade" and meta["format_version"] == 2
+    assert meta["quant_config"]["method"] == "fade" and meta["format_version"] == FORMAT_VERSION == 3
     on_disk = (folder / "weights.safetensors").stat().st_size
     assert abs(on_disk - result.size.size_bytes) / result.size.size_bytes < 0.01
     row = {r["name"]: r for r in meta["layers"]}["model.encoder.layers.0.fc1"]

@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
             calibration = build_calibration(loaded, calibration_clips(sources, N_CALIB, 0, utterances))
         result = quantize(loaded, config, calibration if method != "rtn" else None)
         model = ModelToRun(result.loaded, result.tensors, base_model="tiny.en")
-        report = export_whisper_cpp(model.loaded, model.weights, workdir / f"{label.replace(' ', '-')}.bin")
+        report = model.write_whisper_cpp(workdir / f"{label.replace(' ', '-')}.bin")
         files[name] = (report.path, report.container, report.file_bytes)
         if name not in rows:
             record(name, WhisperCppRuntime(report.path, args.threads, report.container, args.audio_ctx),

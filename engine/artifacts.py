@@ -37,7 +37,7 @@ from engine.formats import QuantizedTensor
 from engine.layer_table import LayerSpec
 from engine.models import LoadedModel
 from engine.quantize import QuantizationResult
-from engine.size import unique_parameters
+from engine.size import unique_parameters, weight_storage
 from engine.tokens import WhisperTokens
 
 # 3: asymmetric integer grids store float16 minimums (or uint8 zeros with integer_zero); 2: weight kinds (int,
@@ -71,8 +71,7 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict 
     for name, qt in result.tensors.items():
         tensors |= {f"{name}.{key}": array for key, array in qt.to_arrays().items()}
     state = model.state_dict()
-    # Found by storage: a quantized output layer's weight is also the token embedding's (tied).
-    quantized = {model.get_submodule(name).weight.data_ptr() for name in result.tensors}
+    quantized = weight_storage(model, result.tensors)
     for pname in unique_parameters(model):
         if pname.rsplit(".", 1)[0] in result.dropped or state[pname].data_ptr() in quantized:
             continue

@@ -13,13 +13,12 @@ from pathlib import Path
 from engine.ct2_export import export_ctranslate2
 from engine.errors import UserError
 from engine.runtimes import ModelToRun
-from engine.whisper_cpp_export import ExportReport, export_whisper_cpp
+from engine.whisper_cpp_export import ExportReport
 
 
 def _whisper_cpp(folder: Path, out: Path) -> ExportReport:
     model = ModelToRun.from_artifact(folder)
-    report = export_whisper_cpp(model.loaded, model.weights, out, full_precision=model.full_precision,
-                                dropped=model.dropped)
+    report = model.write_whisper_cpp(out)
     ideal = model.meta.get("size", {}).get("size_bytes")
     notes = [f"the table's own packing would take {ideal / 1e6:.1f} MB"] if ideal else []
     if model.meta.get("activations"):

@@ -25,7 +25,7 @@ from engine.ct2_export import int8_rows
 from engine.errors import UserError
 from engine.ggml_blocks import check_exportable
 from engine.models import REGISTRY
-from engine.runtimes import ModelToRun, open_runtime
+from engine.runtimes import ModelToRun, default_label, open_runtime
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +73,25 @@ def time_runtime(runtime, audios: Sequence[np.ndarray]) -> float:
 
 
 def fastest_real_runtime(model: ModelToRun, audios: Sequence[np.ndarray], threads: int, workdir: str | Path,
-                         timed: dict | None = None, among: Sequence[str] | None = None) -> RuntimeLatency | None:
+                         timed: dict | None = None, among: Sequence[str] | None = None,
+                         whisper_cpp_file: Path | None = None) -> RuntimeLatency | None:
     """Time every real runtime (of among, if given) that can run model; None when none can (fake quant only).
 
-    Each runtime still opens (whisper.cpp writes its model file under workdir), but one whose format was
-    already timed for this base model on as many clips is taken from timed (which this call fills).
+    A runtime whose format was already timed for this base model on as many clips is taken from timed
+    (which this call fills) without opening it. whisper_cpp_file: the model's whisper.cpp file, if the caller
+    has written it already (else it is written under workdir when whisper.cpp is timed).
     """
     best = None
     for name in runnable_runtimes(model, among):
-        try:
-            runtime = open_runtime(name, model, threads=threads, workdir=Path(workdir) / name)
-        except UserError as exc:  # e.g. CTranslate2's fused q/k/v with only some of them in 8 bits
-            log.info("%s cannot run this model: %s", name, exc)
-            continue
-        key = (model.base_model, runtime.label, len(audios))
+        key = (model.base_model, default_label(name, model, threads), len(audios))
         found = timed.get(key) if timed is not None else None
         if found is None:
+            options = {"model_file": whisper_cpp_file} if name == "whisper.cpp" and whisper_cpp_file else {}
+            try:
+                runtime = open_runtime(name, model, threads=threads, workdir=Path(workdir) / name, **options)
+            except UserError as exc:  # e.g. CTranslate2's fused q/k/v with only some of them in 8 bits
+                log.info("%s cannot run this model: %s", name, exc)
+                continue
             found = RuntimeLatency(runtime.label, time_runtime(runtime, audios), len(audios))
             log.info("%s: RTF %.3f on %d clips", found.runtime, found.rtf, found.clips)
             if timed is not None:

@@ -24,7 +24,7 @@ from engine.layer_table import OUTPUT_LAYER, LayerSpec, build_table, table_layer
 from engine.methods import QuantizedWeight, get_method
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
-from engine.size import SizeReport, size_report
+from engine.size import SizeReport, size_report, weight_storage
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,8 @@ def _apply_drops(model: nn.Module, table: list[LayerSpec]) -> set[str]:
 
 
 def _round_other_parameters_to_fp16(model: nn.Module, quantized_layers: set[str]) -> None:
-    """The deployable form stores every non-quantized parameter as float16: evaluate exactly that. A quantized
-    weight is found by its storage, since a tied one (the output layer's) also goes by another name."""
-    quantized = {model.get_submodule(name).weight.data_ptr() for name in quantized_layers}
+    """The deployable form stores every non-quantized parameter as float16: evaluate exactly that."""
+    quantized = weight_storage(model, quantized_layers)
     with torch.no_grad():
         for p in model.parameters():
             if p.data_ptr() not in quantized:

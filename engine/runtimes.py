@@ -85,8 +85,7 @@ class WhisperCppRuntime:
 
     @property
     def label(self) -> str:
-        ctx = {0: "", AUTO_AUDIO_CTX: ", audio_ctx fitted per clip"}.get(self.audio_ctx, f", audio_ctx {self.audio_ctx}")
-        return f"whisper.cpp {self.container}, {self.threads} threads{ctx}"
+        return whisper_cpp_label(self.container, self.threads, self.audio_ctx)
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
         out = []
@@ -114,7 +113,7 @@ class CTranslate2Runtime:
 
     @property
     def label(self) -> str:
-        return f"CTranslate2 {self.compute_type}, {self.threads} threads"
+        return ctranslate2_label(self.compute_type, self.threads)
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
         out = []
@@ -124,6 +123,22 @@ class CTranslate2Runtime:
                                                  vad_filter=False, language="en")
             out.append(" ".join(s.text.strip() for s in segments).strip())
         return out
+
+
+def ctranslate2_label(compute_type: str, threads: int) -> str:
+    return f"CTranslate2 {compute_type}, {threads} threads"
+
+
+def whisper_cpp_label(container: str, threads: int, audio_ctx: int = 0) -> str:
+    ctx = {0: "", AUTO_AUDIO_CTX: ", audio_ctx fitted per clip"}.get(audio_ctx, f", audio_ctx {audio_ctx}")
+    return f"whisper.cpp {container}, {threads} threads{ctx}"
+
+
+def _left_in_float(rows, weights: dict, dropped: frozenset[str]) -> frozenset[str]:
+    """Block linears a table (rows of (name, bits)) kept in full precision. The output layer is not one of
+    them: kept, it is the token embedding every runtime stores its own way."""
+    return frozenset(name for name, bits in rows
+                     if bits >= 16 and name not in dropped and name not in weights and name != OUTPUT_LAYER)
 
 
 @dataclass(frozen=True)
@@ -141,9 +156,9 @@ class ModelToRun:
     @classmethod
     def from_result(cls, result, base_model: str) -> "ModelToRun":
         """A QuantizationResult (engine/quantize.py) as a runtime runs it."""
-        full = frozenset(r.name for r in result.table
-                         if r.bits >= 16 and r.name not in result.dropped and r.name != OUTPUT_LAYER)
-        return cls(result.loaded, result.tensors, full, frozenset(result.dropped), result.fake_quant, base_model)
+        dropped = frozenset(result.dropped)
+        full = _left_in_float(((r.name, r.bits) for r in result.table), result.tensors, dropped)
+        return cls(result.loaded, result.tensors, full, dropped, result.fake_quant, base_model)
 
     @classmethod
     def from_artifact(cls, folder: str | Path) -> "ModelToRun":
@@ -155,17 +170,43 @@ class ModelToRun:
         loaded, meta = load_quantized(folder)
         weights = weights_from(meta, load_file(str(Path(folder) / WEIGHTS_FILE)), loaded.model)
         dropped = frozenset(meta["dropped"])
-        full = frozenset(r["name"] for r in meta["layers"] if r["bits"] >= 16 and r["name"] not in dropped
-                         and r["name"] not in weights and r["name"] != OUTPUT_LAYER)
+        full = _left_in_float(((r["name"], r["bits"]) for r in meta["layers"]), weights, dropped)
         return cls(loaded, weights, full, dropped, meta["fake_quant"], meta["model"]["name"], meta)
+
+    def write_whisper_cpp(self, out: str | Path, container: GgmlType | None = None):
+        """This model as a whisper.cpp file at out (engine/whisper_cpp_export.py); returns its ExportReport."""
+        from engine.whisper_cpp_export import export_whisper_cpp
+
+        return export_whisper_cpp(self.loaded, self.weights, out, container, self.full_precision, self.dropped)
+
+
+def whisper_cpp_container(model: ModelToRun) -> GgmlType:
+    """The ggml type a whisper.cpp file of model takes by default (the narrowest that carries every layer)."""
+    from engine.ggml_blocks import container_for
+
+    return container_for(model.weights, bool(model.full_precision))
+
+
+def ctranslate2_compute_type(model: ModelToRun) -> str:
+    """What CTranslate2 runs by default: our int8 codes as int8, a float model as float32."""
+    return "int8" if model.weights else "float32"
+
+
+def default_label(name: str, model: ModelToRun, threads: int) -> str:
+    """The label open_runtime(name, model, threads) would give, without opening (exporting, loading) anything."""
+    if name == "whisper.cpp":
+        return whisper_cpp_label(whisper_cpp_container(model).name, threads)
+    if name == "ctranslate2":
+        return ctranslate2_label(ctranslate2_compute_type(model), threads)
+    return TorchRuntime(model.loaded, threads, model.fake_quant).label
 
 
 def _whisper_cpp(model: ModelToRun, threads: int, workdir: Path, container: GgmlType | None = None,
-                 audio_ctx: int = 0) -> WhisperCppRuntime:
-    from engine.whisper_cpp_export import export_whisper_cpp
-
-    report = export_whisper_cpp(model.loaded, model.weights, workdir / "model-ggml.bin", container,
-                                model.full_precision, model.dropped)
+                 audio_ctx: int = 0, model_file: Path | None = None) -> WhisperCppRuntime:
+    """model_file: a whisper.cpp file already written for model in the default container (not written again)."""
+    if model_file is not None and container is None:
+        return WhisperCppRuntime(Path(model_file), threads, whisper_cpp_container(model).name, audio_ctx)
+    report = model.write_whisper_cpp(workdir / "model-ggml.bin", container)
     return WhisperCppRuntime(report.path, threads, report.container, audio_ctx)
 
 
@@ -173,14 +214,15 @@ def _ctranslate2(model: ModelToRun, threads: int, workdir: Path, compute_type: s
     from engine.ct2_export import export_ctranslate2
     from engine.models import REGISTRY
 
+    compute_type = compute_type or ctranslate2_compute_type(model)
     if model.weights:
         folder = export_ctranslate2(model.base_model, model.weights, workdir / "ct2", model.dropped)
-        return CTranslate2Runtime(folder, threads, compute_type or "int8")
+        return CTranslate2Runtime(folder, threads, compute_type)
     name = model.base_model or model.loaded.name
     if name not in REGISTRY:
         raise RuntimeUnavailableError(f"the CTranslate2 runtime runs the bundled models ({', '.join(REGISTRY)}), "
                                       f"not {name!r}.")
-    return CTranslate2Runtime(REGISTRY[name].locate().model_parts[0].parent, threads, compute_type or "float32")
+    return CTranslate2Runtime(REGISTRY[name].locate().model_parts[0].parent, threads, compute_type)
 
 
 def _torch(model: ModelToRun, threads: int, workdir: Path, **_) -> TorchRuntime:

@@ -46,10 +46,15 @@ def unique_parameters(model: nn.Module) -> dict[str, int]:
     return out
 
 
+def weight_storage(model: nn.Module, layers) -> dict[int, str]:
+    """Storage address of each named layer's weight -> the layer name. A quantized weight is found this way,
+    not by parameter name: a tied one (the output layer's) is also the token embedding's."""
+    return {model.get_submodule(layer).weight.data_ptr(): layer for layer in layers}
+
+
 def size_report(model: nn.Module, weight_bytes: dict[str, int], dropped: set[str]) -> SizeReport:
-    """weight_bytes: quantized layer name -> bytes of its packed weight; dropped: layers of removed branches.
-    A quantized weight is found by its storage: a tied one (the output layer's) also goes by another name."""
-    packed = {model.get_submodule(layer).weight.data_ptr(): nbytes for layer, nbytes in weight_bytes.items()}
+    """weight_bytes: quantized layer name -> bytes of its packed weight; dropped: layers of removed branches."""
+    packed = {ptr: weight_bytes[layer] for ptr, layer in weight_storage(model, weight_bytes).items()}
     params = {name: p for name, p in model.named_parameters()}  # each tensor once, under its first name
     total_elements = sum(p.numel() for p in params.values())
     size = quantized = 0

@@ -24,7 +24,7 @@ from engine.audio import load_audio
 from engine.evaluate import evaluate
 from engine.experiment import build_calibration, calibration_clips, interval_summary
 from engine.jobs import ProgressFn, task
-from engine.latency import fastest_real_runtime
+from engine.latency import fastest_real_runtime, runnable_runtimes
 from engine.layer_table import apply_overrides, build_table
 from engine.methods import get_method, make_config
 from engine.model_cache import ModelCache
@@ -71,12 +71,13 @@ def _models(context: dict, safe_only: bool = False) -> ModelCache:
 
 
 def _real_latency(context: dict, model: ModelToRun, clips: EvalSet, workdir: Path,
-                  among: tuple[str, ...] | None = None) -> dict | None:
+                  among: tuple[str, ...] | None = None, whisper_cpp_file: Path | None = None) -> dict | None:
     """The fastest real runtime's latency on the first scored clips; each format is timed once per worker (see
     engine/latency.py). The runtimes' model files stay in workdir."""
     audios = [load_audio(u.path) for u in clips.utterances[:LATENCY_CLIPS]]
     found = fastest_real_runtime(model, audios, torch.get_num_threads(), workdir,
-                                 timed=context.setdefault("real_latency", {}), among=among)
+                                 timed=context.setdefault("real_latency", {}), among=among,
+                                 whisper_cpp_file=whisper_cpp_file)
     return found.to_dict() if found else None
 
 
@@ -125,16 +126,17 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
                             base_model=request["model"])
     workdir = Path(tempfile.mkdtemp(prefix="asrq-latency-"))
     try:
-        real = _real_latency(context, runnable, scored, workdir / "quantized")
+        # The page's download, when whisper.cpp can carry the codes; the timing (if any) runs on this file.
+        download = (runnable.write_whisper_cpp(workdir / WHISPER_CPP_FILE).path
+                    if runnable_runtimes(runnable, ("whisper.cpp",)) else None)
+        real = _real_latency(context, runnable, scored, workdir / "quantized", whisper_cpp_file=download)
         real_fp32 = _real_latency(context, fp32_model, scored, workdir / "fp32", FP32_RUNTIMES)
-        # The whisper.cpp file the timing ran on is the page's download (kept with the artifact).
-        exported = workdir / "quantized" / "whisper.cpp" / "model-ggml.bin"
         summary = _summary(request, run_id, folder, config, calibration, result, scored, report, fp32, real, real_fp32)
-        summary["whisper_cpp_file"] = WHISPER_CPP_FILE if exported.is_file() else None
+        summary["whisper_cpp_file"] = WHISPER_CPP_FILE if download else None
         progress(0.97, "saving the quantized model")
         save_quantized(result, folder, extra={"app_summary": summary})
-        if exported.is_file():
-            shutil.move(exported, folder / WHISPER_CPP_FILE)
+        if download:
+            shutil.move(download, folder / WHISPER_CPP_FILE)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return summary

@@ -144,9 +144,13 @@ def test_real_latency_times_each_format_once_and_names_it(tiny, tmp_path):
                   for b, g in ((4, 32), (3, 64)))
     first = fastest_real_runtime(rtn4, audios, 2, tmp_path / "rtn4", timed)
     assert first.runtime == "whisper.cpp q4_1, 2 threads" and 0 < first.rtf < 5 and first.clips == 1
-    # 3-bit codes ride in the same q4_1 container: written out (the page's download), not timed again.
+    # 3-bit codes ride in the same q4_1 container: not timed again, and nothing opened or written for it.
     assert fastest_real_runtime(rtn3, audios, 2, tmp_path / "rtn3", timed) is first and len(timed) == 1
-    assert (tmp_path / "rtn3" / "whisper.cpp" / "model-ggml.bin").is_file()
+    assert not (tmp_path / "rtn3").exists()
+    # A file the caller already wrote is timed as it is, not written again.
+    written = rtn4.write_whisper_cpp(tmp_path / "mine.bin").path
+    again = fastest_real_runtime(rtn4, audios, 2, tmp_path / "again", {}, whisper_cpp_file=written)
+    assert again.runtime == first.runtime and not (tmp_path / "again").exists()
     nf4 = ModelToRun.from_result(quantize(tiny, NF4Config()), "tiny.en")
     assert fastest_real_runtime(nf4, audios, 2, tmp_path / "nf4", timed) is None  # fake quant only
 
@@ -158,7 +162,6 @@ def test_quantized_output_layer_is_the_token_embedding_everywhere(tiny, tmp_path
     from engine.layer_table import LayerTableError, apply_overrides, build_table
     from engine.quantize import quantize
     from engine.runtimes import ModelToRun
-    from engine.whisper_cpp_export import export_whisper_cpp
 
     plain = quantize(tiny, RTNConfig(bits=4, group_size=32))
     result = quantize(tiny, RTNConfig(bits=4, group_size=32, quantize_output=True))
@@ -175,7 +178,7 @@ def test_quantized_output_layer_is_the_token_embedding_everywhere(tiny, tmp_path
     assert sum(f.stat().st_size for f in (tmp_path / "art").iterdir()) < 0.6 * plain.size.size_bytes
     # whisper.cpp carries our codes in the token embedding instead of rounding it itself.
     run = ModelToRun.from_artifact(tmp_path / "art")
-    report = export_whisper_cpp(run.loaded, run.weights, tmp_path / "out.bin", None, run.full_precision, run.dropped)
+    report = run.write_whisper_cpp(tmp_path / "out.bin")
     assert report.container == "q4_1" and report.exact_layers == 65 and report.ggml_rounded == []
     with pytest.raises(CT2ExportError, match="output layer"):
         export_ctranslate2("tiny.en", result.tensors, tmp_path / "ct2")

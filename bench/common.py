@@ -33,13 +33,18 @@ class EvalClips:
     seconds: float
 
 
-def test_other_clips() -> EvalClips:
+def speech_clips(folders: tuple[str, ...]) -> EvalClips:
+    """The clips of these ../shared/speech folders, decoded once."""
     from engine.audio import SAMPLE_RATE, load_audio
     from engine.evaluate import load_dataset
 
-    utterances = load_dataset(speech("librispeech-test-other"))
+    utterances = [u for name in folders for u in load_dataset(speech(name))]
     audios = [load_audio(u.path) for u in utterances]
     return EvalClips(utterances, audios, [u.reference for u in utterances], sum(map(len, audios)) / SAMPLE_RATE)
+
+
+def test_other_clips() -> EvalClips:
+    return speech_clips(("librispeech-test-other",))
 
 
 # The instruction sets that decide which int8/fp32 kernels a runtime takes: a table's time ratios between int8

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, cpu, speech, test_other_clips, write_results
+from bench.common import RESULTS, cpu, speech, speech_clips, write_results
 from bench.methods import N_CALIB, REAL_CALIBRATION
 from engine.evaluate import TextScorer
 from engine.experiment import build_calibration, calibration_clips
@@ -48,6 +48,9 @@ OURS = (  # label, method, settings
     ("FADE 4-bit g32, RTN base", "fade", dict(bits=4, base="rtn")),
     ("FADE 5-bit g32, RTN base", "fade", dict(bits=5, base="rtn")),
     ("FADE 4-bit g32 symmetric, RTN base", "fade", dict(bits=4, symmetric=True, base="rtn")),
+    # The GPTQ reference's grid (uint8 zero point) against the float minimum the grids now default to.
+    ("RTN 4-bit g32, integer zero", "rtn", dict(bits=4, integer_zero=True)),
+    ("RTN 5-bit g32, integer zero", "rtn", dict(bits=5, integer_zero=True)),
 )
 GGML_OWN = (Q4_0, Q4_1, Q5_1, Q8_0)
 TARGETS = (  # ours, against, the largest WER difference in points that meets issue 15's target
@@ -69,10 +72,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--audio-ctx", type=int, default=0,
                         help="whisper.cpp's encoder window in frames (0: the full 1500; -1: fitted to each clip)")
-    parser.add_argument("--out", default="deployment")
+    parser.add_argument("--out", default=None, help="results name (default deployment, or deployment-heldout)")
+    parser.add_argument("--heldout", action="store_true",
+                        help="score on the other real speakers (the calibration pool's 54 clips) and calibrate on "
+                             "test-other: a check of settings chosen on test-other")
+    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                        help="run only the rows whose label contains one of these texts")
     args = parser.parse_args(argv)
+    args.out = args.out or ("deployment-heldout" if args.heldout else "deployment")
+    eval_folders, calib_folders = ((REAL_CALIBRATION, ("librispeech-test-other",)) if args.heldout
+                                   else (("librispeech-test-other",), REAL_CALIBRATION))
 
-    clips = test_other_clips()
+    def wanted(label: str) -> bool:  # an audio_ctx row only when a text names audio_ctx
+        return args.only is None or (any(text in label for text in args.only)
+                                     and ("audio_ctx" not in label or any("audio_ctx" in t for t in args.only)))
+
+    clips = speech_clips(eval_folders)
     utterances, audios = clips.utterances, clips.audios
     if args.limit:
         utterances, audios = utterances[: args.limit], audios[: args.limit]
@@ -84,6 +99,8 @@ def main(argv=None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="asrq-deploy-"))
 
     def record(label: str, runtime, size_bytes: int, note: str = "") -> None:
+        if not wanted(label):
+            return
         runtime.transcribe(audios[:1])  # warm-up
         start = time.perf_counter()
         texts = runtime.transcribe(audios)
@@ -95,17 +112,18 @@ def main(argv=None) -> dict:
                        "rtf": elapsed / seconds, "size_bytes": size_bytes, "note": note, "errors": errs,
                        "words": words}
         log.info("%s: WER %.2f%%, RTF %.3f", label, 100 * rows[label]["wer"], rows[label]["rtf"])
-        write_results(args.out, {"rows": rows, "clips": len(utterances), "threads": args.threads},
-                      markdown(rows, len(utterances), args.threads))
+        write_results(args.out, {"rows": rows, "clips": len(utterances), "threads": args.threads,
+                                 "evaluated_on": list(eval_folders), "calibrated_on": list(calib_folders)},
+                      markdown(rows, len(utterances), args.threads, eval_folders))
 
     folder = REGISTRY["tiny.en"].locate().model_parts[0].parent
     for compute in ("int8", "float32"):
         label = f"faster-whisper {compute}"
-        if label not in rows:
+        if label not in rows and wanted(label):
             record(label, CTranslate2Runtime(folder, args.threads, compute), (folder / "model.bin").stat().st_size,
                    "the package's float16 weights, converted by CTranslate2 at load")
     files = {}  # label -> (exported file, container, bytes), for the audio_ctx rows
-    if "whisper.cpp f16" not in rows or FITTED_ROWS[0] not in rows:
+    if wanted("whisper.cpp f16") and ("whisper.cpp f16" not in rows or FITTED_ROWS[0] not in rows):
         report = export_whisper_cpp(loaded, {}, workdir / "f16.bin")
         files["whisper.cpp f16"] = (report.path, report.container, report.file_bytes)
         if "whisper.cpp f16" not in rows:
@@ -113,20 +131,21 @@ def main(argv=None) -> dict:
                    report.file_bytes)
     for kind in GGML_OWN:
         label = f"whisper.cpp's own {kind.name} (round-to-nearest)"
-        if label not in rows:
+        if label not in rows and wanted(label):
             report = export_whisper_cpp(loaded, {}, workdir / f"own-{kind.name}.bin", container=kind)
             record(label, WhisperCppRuntime(report.path, args.threads, kind.name, args.audio_ctx), report.file_bytes)
     calibration = None
     for label, method, settings in OURS:
         name = f"ours: {label}"
-        if name in rows and (name not in FITTED_SOURCES or f"{name}, audio_ctx fitted per clip" in rows):
+        fitted_wanted = name in FITTED_SOURCES and wanted(f"{name}, audio_ctx fitted per clip")
+        if (name in rows or not wanted(name)) and (not fitted_wanted or f"{name}, audio_ctx fitted per clip" in rows):
             continue
         config = make_config(method, group_size=32, **settings)
         if method != "rtn" and calibration is None:
-            sources = [speech(name) for name in REAL_CALIBRATION]
+            sources = [speech(name) for name in calib_folders]
             calibration = build_calibration(loaded, calibration_clips(sources, N_CALIB, 0, utterances))
         result = quantize(loaded, config, calibration if method != "rtn" else None)
-        model = ModelToRun(result.loaded, result.tensors, base_model="tiny.en")
+        model = ModelToRun.from_result(result, "tiny.en")
         report = model.write_whisper_cpp(workdir / f"{label.replace(' ', '-')}.bin")
         files[name] = (report.path, report.container, report.file_bytes)
         if name not in rows:
@@ -141,10 +160,11 @@ def main(argv=None) -> dict:
     return rows
 
 
-def markdown(rows: dict, n_clips: int, threads: int) -> str:
+def markdown(rows: dict, n_clips: int, threads: int, eval_folders=("librispeech-test-other",)) -> str:
     base = rows.get("faster-whisper int8", {}).get("rtf")
     processor = cpu()
-    lines = [f"# Deployment: tiny.en on {n_clips} LibriSpeech test-other clips, greedy, {threads} threads, one run",
+    where = ", ".join(eval_folders)
+    lines = [f"# Deployment: tiny.en on {n_clips} clips ({where}), greedy, {threads} threads, one run",
              "", f"CPU: {processor.get('model', '?')} ({', '.join(processor.get('isa', [])) or 'no AVX2'}); the time "
              "ratios between int8 and float systems depend on these instruction sets.",
              "", "| system | runtime | WER % | 95% interval | time / faster-whisper int8 | file MB |",
@@ -157,7 +177,8 @@ def markdown(rows: dict, n_clips: int, threads: int) -> str:
     lines += ["", "Ours: the method's integer codes packed into ggml blocks as they are (engine/ggml_blocks.py); "
               "every 2-D weight of a whisper.cpp file has the file's one type, so the token embedding (also the "
               "output layer) is rounded by ggml's own round-to-nearest, as whisper.cpp's quantize tool does. "
-              "Calibration for GPTQ and FADE: 32 real clips outside test-other, seed 0 (one draw)."]
+              f"Calibration for GPTQ and FADE: {N_CALIB} real clips from other folders than the scored ones "
+              "(never a scored clip), seed 0 (one draw)."]
     comparisons = [(ours, theirs, goal) for ours, theirs, goal in TARGETS if ours in rows and theirs in rows]
     if comparisons:
         lines += ["", "## The issue's targets, as paired differences on the same clips", "",

@@ -175,6 +175,10 @@ def row_statistics(rs: list, fp32: dict) -> str:
 
 
 NOTES = {
+    "grids": ("The grid and output-layer choices of docs/methods.md at ggml's block width (g32), every linear layer "
+              "of the blocks in torch: integer_zero=True rows use the GPTQ reference's uint8 zero point, the others "
+              "the float16 group minimum (the default); quantize_output=True rows also quantize the output layer "
+              "(the token embedding). One calibration draw (seed 0) for GPTQ."),
     "methods": ("FADE rows labelled 'rule=shrink' and '(alternating halves)' use FADE's earlier rule (a layer's alpha "
                 "shrunk toward the prior 0.75 by its reliability); plain 'fade' rows use the held-out optimum "
                 "(docs/methods.md). Quant s depends on what else shared the two cores during the run. Rows with "
@@ -220,7 +224,8 @@ def markdown(runs: dict, note: str = "") -> str:
                "design spk WER %:", "other spk WER %:", "Δ vs fp32 (points):", "95% interval of Δ", "quant s:",
                "peak RSS MB:"]
     lines = [
-        "# Methods: tiny.en on 50 LibriSpeech test-other clips, group size 64, 32 calibration clips per seed",
+        "# Methods: tiny.en on 50 LibriSpeech test-other clips, group size 64 (or the label's gN), "
+        "32 calibration clips per seed",
         "",
         fp32_line,
         "",

@@ -32,6 +32,20 @@ DECODING_RUNS = (
 )
 
 
+# Grid and output-layer choices cited in docs/methods.md, at ggml's block width (group size 32): the float minimum
+# against the integer zero point, and the output layer quantized or not.
+GRID_RUNS = (
+    ["--methods", "rtn", "--bits", "5", "4"],
+    ["--methods", "rtn", "--bits", "5", "4", "--set", "integer_zero=true"],
+    ["--methods", "gptq", "--bits", "4", "--sources", "real", "--seeds", "1", "--set", "symmetric=true"],
+    ["--methods", "gptq", "--bits", "4", "--sources", "real", "--seeds", "1", "--set", "symmetric=true",
+     "quantize_output=true"],
+)
+# The deployment targets' settings were chosen on test-other: the same rows scored on the other real speakers.
+HELDOUT_ROWS = ("faster-whisper int8", "whisper.cpp f16", "own q4_0", "own q4_1", "RTN 4-bit g32", "GPTQ 4-bit g32",
+                "FADE 4-bit g32", "FADE 5-bit g32", "RTN 5-bit g32")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     hf_logging.set_verbosity_error()
@@ -39,10 +53,13 @@ def main() -> None:
     foundation.main()
     kernels.main([])
     deployment.main([])
+    deployment.main(["--heldout", "--only", *HELDOUT_ROWS])
     methods.main([])
     quant_memory.main([])
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])
+    for args in GRID_RUNS:
+        methods.main(["--out", "grids", "--group-size", "32", *args])
     for args in DECODING_RUNS:
         methods.main(["--out", "decoding", "--fallback", *args])
     personalization.main([])

@@ -14,6 +14,7 @@ WORKDIR $HOME/app
 # Same install as the Makefile: the pinned CPU torch first, then the project (which brings tiny.en).
 COPY --chown=user pyproject.toml README.md ./
 COPY --chown=user engine ./engine
+COPY --chown=user serving ./serving
 COPY --chown=user ui ./ui
 RUN pip install --no-cache-dir --user torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir --user .

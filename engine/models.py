@@ -307,7 +307,7 @@ def _load_transformers(name_or_path: str, safe_only: bool = False) -> LoadedMode
 def load_model(name: str = DEFAULT_MODEL, safe_only: bool = False) -> LoadedModel:
     """Load a model by registry name, CTranslate2 folder, or transformers checkpoint id/folder.
 
-    safe_only (public servers, see engine/policy.py): registry names and hub ids only, no local paths,
+    safe_only (public servers, see serving/policy.py): registry names and hub ids only, no local paths,
     safetensors only. Raises ModelUnavailableError with one sentence when the model cannot be had.
     """
     torch.manual_seed(0)

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from engine.artifacts import ArtifactError, WEIGHTS_FILE, load_quantized
-from engine.jobs import JobFailed, WorkerPool
-from engine.tasks import quantize_task
+from serving.job_queue import JobQueue
+from serving.worker import JobFailed
+from serving.tasks import quantize_task
 
 from tests.conftest import REPO
 
@@ -87,13 +88,13 @@ def test_a_damaged_model_cache_is_converted_again(tmp_path, monkeypatch):
 
 
 def test_a_job_past_its_time_limit_is_stopped_and_the_next_runs(tmp_path):
-    pool = WorkerPool()
+    jobs = JobQueue(capacity=2)
     try:
         start = time.monotonic()
         with pytest.raises(JobFailed, match="longer than its limit of 3 s"):
-            pool.run("quantize", request(tmp_path, "gptq", 3), timeout=3)
+            jobs.run("quantize", request(tmp_path, "gptq", 3), timeout=3)
         assert time.monotonic() - start < 20
-        assert pool.run("quantize", request(tmp_path, "rtn", 8))["bits"] == 8
+        assert jobs.run("quantize", request(tmp_path, "rtn", 8))["bits"] == 8
         assert not any(p.name.startswith(".") for p in (tmp_path / "results").iterdir())
     finally:
-        pool.close()
+        jobs.close()

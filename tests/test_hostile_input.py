@@ -97,8 +97,8 @@ def explorer(tmp_path_factory, tiny):
     import os
 
     os.environ.setdefault("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))
-    from engine.history import RunHistory
-    from engine.model_cache import ModelCache
+    from serving.history import RunHistory
+    from serving.model_cache import ModelCache
     from ui.handlers import Explorer
 
     root = tmp_path_factory.mktemp("hostile")
@@ -138,7 +138,7 @@ def test_bad_requests_get_one_sentence_and_start_nothing(explorer, change, messa
     with pytest.raises(UserError, match=message) as info:
         explorer._request(**(GOOD | change))
     assert one_sentence(info.value)
-    assert explorer.pool.jobs_started == 0 and explorer.history.count() == 0
+    assert explorer.jobs.worker.jobs_started == 0 and explorer.history.count() == 0
     assert not explorer.artifact_root.exists()
 
 

@@ -11,8 +11,12 @@ import time
 
 import pytest
 
-from engine.history import RunHistory
-from engine.jobs import JobCancelled, JobFailed, WorkerPool
+from engine.artifacts import WEIGHTS_FILE
+from serving.history import RunHistory
+from serving.job_queue import JobQueue
+from serving.policy import BusyError
+from serving.tasks import run_id_of
+from serving.worker import JobCancelled, JobFailed
 
 
 def fake_summary(run_id: str, wer: float = 0.1) -> dict:
@@ -72,43 +76,128 @@ def rtn_request(tmp_path, bits: int = 8, method: str = "rtn") -> dict:
 
 @pytest.mark.slow
 def test_worker_runs_a_job_with_progress_then_cancel_and_kill_leave_it_usable(tmp_path):
-    pool = WorkerPool()
+    jobs = JobQueue(capacity=2)
     try:
         seen = []
-        summary = pool.run("quantize", rtn_request(tmp_path), lambda f, m: seen.append((f, m)))
+        summary = jobs.run("quantize", rtn_request(tmp_path), on_progress=lambda f, m: seen.append((f, m)))
         assert summary["method"] == "rtn" and summary["demo_wer"] < 0.5 and os.path.isdir(summary["artifact"])
         assert len(seen) >= 3 and seen[-1][0] > seen[0][0]
         # The same settings again: answered from the saved artifact.
-        assert pool.run("quantize", rtn_request(tmp_path))["run_id"] == summary["run_id"]
+        assert jobs.run("quantize", rtn_request(tmp_path))["run_id"] == summary["run_id"]
 
-        # Cancel a calibrated job shortly after it starts.
-        timer = threading.Timer(2.0, pool.cancel)
-        timer.start()
+        # Cancel a calibrated job by its id shortly after it starts.
+        job = jobs.submit("quantize", rtn_request(tmp_path, 3, "gptq"))
+        threading.Timer(2.0, jobs.cancel, args=(job.id,)).start()
         with pytest.raises(JobCancelled):
-            pool.run("quantize", rtn_request(tmp_path, 3, "gptq"))
-        assert not pool.busy and not any(p.name.startswith(".") for p in (tmp_path / "results").iterdir())
+            jobs.wait(job)
+        assert not jobs.busy and not any(p.name.startswith(".") for p in (tmp_path / "results").iterdir())
+        assert not jobs.cancel(job.id)  # a finished job's id is refused
 
         # kill -9 of the worker mid-job is a failed job, not a hang.
         def kill_worker():
             time.sleep(2.0)
-            os.kill(pool._worker.process.pid, signal.SIGKILL)
+            os.kill(jobs.worker.pid, signal.SIGKILL)
 
         threading.Thread(target=kill_worker).start()
         with pytest.raises(JobFailed, match="stopped"):
-            pool.run("quantize", rtn_request(tmp_path, 3, "gptq"))
+            jobs.run("quantize", rtn_request(tmp_path, 3, "gptq"))
 
-        again = pool.run("quantize", rtn_request(tmp_path, 4))
-        assert again["bits"] == 4 and pool.jobs_started == 5
+        again = jobs.run("quantize", rtn_request(tmp_path, 4))
+        assert again["bits"] == 4 and jobs.worker.jobs_started == 5
     finally:
-        pool.close()
+        jobs.close()
 
 
 def test_a_failing_job_reports_its_sentence_and_the_worker_lives_on(tmp_path):
-    pool = WorkerPool()
+    jobs = JobQueue(capacity=2)
     try:
         with pytest.raises(JobFailed, match="nf4 is a 4-bit format"):
-            pool.run("quantize", {**rtn_request(tmp_path), "method": "nf4", "settings": {"bits": 3}})
+            jobs.run("quantize", {**rtn_request(tmp_path), "method": "nf4", "settings": {"bits": 3}})
         with pytest.raises(JobFailed, match="no task"):
-            pool.run("nonsense", {})
+            jobs.run("nonsense", {})
     finally:
-        pool.close()
+        jobs.close()
+
+
+def unknown_model_request(tmp_path, tag: int) -> dict:
+    """A job the worker answers quickly (the model does not exist) after starting: enough to test the order."""
+    return {**rtn_request(tmp_path), "model": f"no-such-model-{tag}"}
+
+
+def test_jobs_start_in_arrival_order_under_concurrent_submits(tmp_path):
+    jobs = JobQueue(capacity=32)
+    submitted, lock = [], threading.Lock()
+
+    def visitor(tag: int) -> None:
+        with lock:  # the order the queue must keep: the order submit() was entered in
+            job = jobs.submit("quantize", unknown_model_request(tmp_path, tag), owner=f"visitor-{tag}")
+            submitted.append(job.id)
+        with pytest.raises(JobFailed, match="no-such-model"):
+            jobs.wait(job)
+
+    try:
+        threads = [threading.Thread(target=visitor, args=(tag,)) for tag in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(submitted) == 12 and jobs.started_order == submitted and jobs.occupied == 0
+    finally:
+        jobs.close()
+
+
+def test_cancelling_a_waiting_or_finished_job_never_touches_another(tmp_path):
+    jobs = JobQueue(capacity=4)
+    try:
+        first = jobs.submit("quantize", unknown_model_request(tmp_path, 1), owner="alice")  # starts the worker
+        second = jobs.submit("quantize", unknown_model_request(tmp_path, 2), owner="bob")
+        assert jobs.place(second)[0] == 1  # one job ahead of bob's
+        assert not jobs.cancel(second.id, owner="alice")  # only its owner's cancel counts
+        assert jobs.cancel(second.id, owner="bob") and second.state == "cancelled"
+        with pytest.raises(JobCancelled, match="before it started"):
+            jobs.wait(second)
+        with pytest.raises(JobFailed, match="no-such-model-1"):
+            jobs.wait(first)  # alice's job ran to its own end
+        third = jobs.submit("quantize", unknown_model_request(tmp_path, 3), owner="alice")
+        assert not jobs.cancel(first.id)  # a late cancel of alice's finished job ...
+        with pytest.raises(JobFailed, match="no-such-model-3"):
+            jobs.wait(third)  # ... never reaches her next one
+        assert jobs.started_order == [first.id, third.id]
+        waiting = jobs.submit("quantize", unknown_model_request(tmp_path, 4), owner="carol")
+        with pytest.raises(BusyError, match="already have a job"):
+            jobs.submit("quantize", unknown_model_request(tmp_path, 5), owner="carol")
+        with pytest.raises(JobFailed, match="no-such-model-4"):
+            jobs.wait(waiting)
+    finally:
+        jobs.close()
+
+
+def wait_until(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_idle_warm_up_gives_way_to_a_visitor_then_answers_the_same_request_from_its_save(tmp_path):
+    jobs = JobQueue(capacity=2)
+    try:
+        jobs.add_idle_work("quantize", rtn_request(tmp_path, 4))
+        wait_until(lambda: jobs.running is not None and jobs.running.idle)
+        time.sleep(2.0)  # the warm-up is under way in the worker
+        start = time.monotonic()
+        visitor = jobs.submit("quantize", unknown_model_request(tmp_path, 1), owner="visitor")
+        with pytest.raises(JobFailed, match="no-such-model"):
+            jobs.wait(visitor)
+        assert time.monotonic() - start < 30  # the warm-up made way (its worker stopped, a fresh one started)
+        assert jobs.started_order[:2] == ["idle-1", visitor.id]  # ... and resumed only after the visitor's job
+        wait_until(lambda: jobs.idle_work_left == 0 and jobs.running is None, 300)  # resumed and finished
+        saved = tmp_path / "results" / run_id_of(rtn_request(tmp_path, 4)) / WEIGHTS_FILE
+        before = saved.stat()
+        summary = jobs.run("quantize", rtn_request(tmp_path, 4), owner="visitor")
+        after = saved.stat()
+        assert summary["bits"] == 4 and jobs.started_order[-2].startswith("idle")
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # answered from the save
+    finally:
+        jobs.close()

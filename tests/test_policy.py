@@ -11,10 +11,10 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from engine import models
-from engine.admission import Admission
+from serving.admission import Admission
 from engine.artifacts import prune_artifacts
 from engine.errors import ModelUnavailableError
-from engine.policy import BusyError, PolicyError, ServingPolicy
+from serving.policy import BusyError, PolicyError, ServingPolicy
 
 
 @pytest.mark.parametrize("env,public", [
@@ -31,10 +31,18 @@ def test_public_mode_follows_the_space_and_the_switch(env, public):
         assert policy.max_upload_bytes < ServingPolicy().max_upload_bytes
 
 
+def test_warm_up_is_public_by_default_and_configurable():
+    assert ServingPolicy.from_env({}).warm_up == ()
+    assert ServingPolicy.from_env({"ASRQ_PUBLIC": "1"}).warm_up[0] == "fade:4"  # the page's default first
+    assert ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_WARM_UP": "none"}).warm_up == ()
+    assert ServingPolicy.from_env({"ASRQ_WARM_UP": "gptq:3, rtn:4"}).warm_up == ("gptq:3", "rtn:4")
+
+
 @pytest.mark.parametrize("env,message", [
     ({"ASRQ_PUBLIC": "maybe"}, "must be 1 or 0"),
     ({"ASRQ_ALLOWED_MODELS": "../weights"}, "not a hub id"),
     ({"ASRQ_ALLOWED_MODELS": "/abs/path"}, "not a hub id"),
+    ({"ASRQ_WARM_UP": "fade"}, "not of the form method:bits"),
 ])
 def test_bad_settings_are_refused_in_one_sentence(env, message):
     with pytest.raises(PolicyError, match=message):

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from gradio_client import Client, handle_file
 
-from engine.history import RunHistory
-from engine.policy import ServingPolicy
+from serving.history import RunHistory
+from serving.policy import ServingPolicy
 from engine.samples import sample_clips
 from ui.app import build_app, launch_options
 from ui.handlers import Explorer
@@ -30,7 +30,7 @@ def server(tmp_path_factory):
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(explorer))
     yield explorer, url
     demo.close()
-    explorer.pool.close()
+    explorer.close()
 
 
 def demo_clip(name: str = "demo-05"):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
 
 from engine.layer_table import PRESETS
-from engine.memory import limit_malloc_arenas
 from engine.methods import METHODS
 from engine.models import DEFAULT_MODEL, available_models
+from serving.memory import limit_malloc_arenas
 from ui.handlers import HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
 
 INTRO = """# ASR Quantization Explorer
@@ -127,6 +128,8 @@ def launch(host: str | None = None, port: int | None = None) -> None:
     limit_malloc_arenas()  # before gradio starts its threads: memory stays flat over a long workshop
     explorer = Explorer()
     logging.getLogger(__name__).info("serving in %s mode", explorer.policy.mode)
+    threading.Thread(target=explorer.warm_up_transcripts, name="asrq-warm-up", daemon=True).start()
+    explorer.start_warm_up()  # idle-time quantizations in the worker (public mode by default; ASRQ_WARM_UP)
     build_app(explorer).launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -7,36 +7,35 @@ and gradio's progress bar is handed to the engine as a plain callback.
 from __future__ import annotations
 
 import hashlib
-import re
-import threading
+import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
-from engine.admission import Admission
+from engine.artifacts import prune_artifacts
 from engine.audio import SAMPLE_RATE, load_audio
+from engine.diagnostics import LayerRecord
 from engine.errors import UserError
 from engine.evaluate import TextScorer
-from engine.artifacts import load_quantized, prune_artifacts
-from engine.diagnostics import LayerRecord
-from engine.history import RunHistory
-from engine.jobs import JobCancelled, WorkerPool
-from engine.memory import release_memory
 from engine.layer_table import apply_overrides, build_table, parse_overrides, preset_table
 from engine.methods import get_method, make_config
-from engine.model_cache import ModelCache
-from engine.models import available_models
+from engine.models import DEFAULT_MODEL, available_models
 from engine.paths import data_dir
-from engine.policy import ServingPolicy
 from engine.samples import SampleClip, sample_clips
 from engine.size import SizeReport
 from engine.textdiff import word_diff
-from engine.transcribe import transcribe
+from serving.history import RunHistory
+from serving.job_queue import JobQueue
+from serving.model_cache import ModelCache
+from serving.policy import ServingPolicy
+from serving.results import ResultStore
+from serving.transcription import TranscriptionDesk, audio_key
+from serving.worker import JobCancelled
 from ui import plots
 
+log = logging.getLogger(__name__)
 PROMPTS = 6  # sentences offered for personalisation
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
 HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "WER %", "scored on",
@@ -54,29 +53,51 @@ def _integer(value) -> int:
 
 @dataclass
 class Explorer:
-    """What the page's handlers share: the model cache, quantized results, the sample clips, the scorer,
-    the worker, the history, and the serving policy (public or private mode, limits; engine/policy.py)."""
+    """What the page's handlers share, all of it from the serving package: the model cache, the job queue
+    and its worker, the quantized results, the shared transcriptions, the history, and the serving policy
+    (public or private mode, limits; serving/policy.py); plus the sample clips and the scorer."""
 
     policy: ServingPolicy = field(default_factory=ServingPolicy.from_env)
     models: ModelCache | None = None  # built from the policy when not given
     samples: dict[str, SampleClip] = field(default_factory=lambda: {c.name: c for c in sample_clips()})
     scorer: TextScorer = field(default_factory=TextScorer)
-    pool: WorkerPool = field(default_factory=WorkerPool)  # quantization runs in this worker process
     history: RunHistory = field(default_factory=RunHistory)
     artifact_root: Path = field(default_factory=lambda: data_dir() / "results")  # saved results by run id
-    results: OrderedDict = field(default_factory=OrderedDict)  # run id -> (loaded model, summary), LRU
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    job_lock: threading.Lock = field(default_factory=threading.Lock)  # one job at a time, in arrival order
-    cpu_lock: threading.Lock = field(default_factory=threading.Lock)  # one transcription at a time
-    owner: str | None = None  # the browser session whose job is running
-    jobs: Admission | None = None  # heavy jobs running or waiting (bounded, one per session)
-    transcriptions: Admission | None = None
+    jobs: JobQueue | None = None  # heavy jobs, in arrival order on one worker process (bounded, one per session)
+    results: ResultStore | None = None
+    transcriptions: TranscriptionDesk | None = None
 
     def __post_init__(self) -> None:
         if self.models is None:
             self.models = ModelCache(capacity=self.policy.kept_models, loader=self.policy.load_model)
-        self.jobs = self.jobs or Admission(self.policy.max_waiting_jobs, "job")
-        self.transcriptions = self.transcriptions or Admission(WAITING_TRANSCRIPTIONS, "transcription")
+        self.jobs = self.jobs or JobQueue(self.policy.max_waiting_jobs)
+        self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
+                                                   self.policy.kept_artifacts)
+        self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS)
+
+    def close(self) -> None:
+        self.jobs.close()
+
+    def start_warm_up(self, model_name: str = DEFAULT_MODEL) -> int:
+        """Queue the policy's warm-up settings as idle-time work for the worker (a visitor's job goes first);
+        each is the request the page's first click with those settings sends, so it is answered from the save."""
+        queued = 0
+        for item in self.policy.warm_up:
+            method, _, bits = item.partition(":")
+            try:
+                self.jobs.add_idle_work("quantize", self._request(model_name, method, int(bits), 64, 0.75, 0, None))
+                queued += 1
+            except UserError as exc:
+                log.warning("warm-up %s skipped: %s", item, exc)
+        return queued
+
+    def warm_up_transcripts(self, model_name: str = DEFAULT_MODEL) -> int:
+        """Transcribe the demo clips at full precision once (at start), so a room's first clicks share them."""
+        loaded = self.models.get(model_name)
+        demos = [c for c in self.samples.values() if c.group == "demo"]
+        for clip in demos:
+            self.transcriptions.transcribe(loaded, model_name, load_audio(clip.path))
+        return len(demos)
 
     # ---------------------------------------------------------------- samples and audio
     def sample_path(self, name: str | None) -> str | None:
@@ -172,36 +193,18 @@ class Explorer:
             raise UserError(f"Model {model_name!r} is not installed on this server.")
 
     def _run_job(self, task: str, request: dict, session: str | None, progress) -> dict:
-        """Run a worker task for a browser session: a place in the bounded waiting room (or "busy" at once),
-        then the worker in arrival order, stopped at the policy's time limit; the session may cancel it."""
-        with self.jobs.enter(session), self.job_lock:
-            self.owner = session
-            try:
-                return self.pool.run(task, request, progress, timeout=self.policy.job_seconds)
-            finally:
-                self.owner = None
+        """Run a worker task for a browser session: a place in the queue (or "busy" at once), started in arrival
+        order, stopped at the policy's time limit; while it waits the progress line says how long."""
+        def waiting(ahead: int, seconds: float | None) -> None:
+            progress(0.0, _queue_words(ahead, seconds))
 
-    def _remember(self, run_id: str, loaded, summary: dict) -> None:
-        """Keep a loaded quantized model for transcription (least recently used dropped first)."""
-        with self.lock:
-            self.results[run_id] = (loaded, summary)
-            self.results.move_to_end(run_id)
-            evicted = len(self.results) > self.policy.kept_results
-            while len(self.results) > self.policy.kept_results:
-                self.results.popitem(last=False)
-        if evicted:
-            release_memory()
+        return self.jobs.run(task, request, session, progress, waiting, timeout=self.policy.job_seconds)
 
     def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
         """Run (or reuse) a quantization in the worker; load the saved result for transcription."""
         summary = self._run_job("quantize", request, session, progress)
-        with self.lock:  # a repeat of a run still in memory: no second copy of the model
-            kept = self.results.get(summary["run_id"])
-        self._remember(summary["run_id"], kept[0] if kept else load_quantized(summary["artifact"])[0], summary)
+        self.results.add_finished(summary)
         self.history.add(summary, session)
-        with self.lock:
-            in_memory = frozenset(self.results)
-        prune_artifacts(self.artifact_root, self.policy.kept_artifacts, protect=in_memory)
         return summary["run_id"], summary
 
     def quantize_model(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
@@ -211,7 +214,7 @@ class Explorer:
         try:
             overrides = self._changed_rows(model_name, bits, group_size, rows)
             job = self._request(model_name, method, bits, group_size, alpha, seed, overrides, eval_dir)
-            progress(0.0, desc="waiting for the worker" if self.pool.busy else "starting")
+            progress(0.0, desc="starting")
             run_id, summary = self._run_quantize(job, session, lambda f, msg: progress(f, desc=msg))
         except JobCancelled:
             return (gr.update(), "**Cancelled.** Press Quantize to start again.", *[gr.update()] * 7)
@@ -221,10 +224,10 @@ class Explorer:
             return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 7)
         records = [LayerRecord(**r) for r in summary["layer_records"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
-        with self.lock:  # the other runs still in memory, most recent first, overlaid for comparison
-            others = [(f"{s['method']} {s['bits']}b {s.get('layers_key') or ''}".strip(),
-                       [LayerRecord(**r) for r in s["layer_records"]])
-                      for rid, (_, s) in reversed(self.results.items()) if rid != run_id and s.get("layer_records")]
+        # The other runs still in memory, most recent first, overlaid for comparison.
+        others = [(f"{s['method']} {s['bits']}b {s.get('layers_key') or ''}".strip(),
+                   [LayerRecord(**r) for r in s["layer_records"]])
+                  for s in self.results.summaries(except_run=run_id) if s.get("layer_records")]
         return (run_id, self._status(summary), plots.error_propagation(records, title, others[:3]),
                 plots.alpha_and_bits(records),
                 plots.size_gauge(self._size(summary)),
@@ -244,9 +247,12 @@ class Explorer:
     def cancel(self, request: gr.Request = None) -> str:
         """The Cancel button: stops this browser session's running job (never another user's)."""
         session = getattr(request, "session_hash", None)
-        if self.owner is not None and self.owner == session and self.pool.cancel():
+        job = self.jobs.job_of(session) if session is not None else None
+        if job is not None and self.jobs.cancel(job.id, owner=session):
+            if job.state == "cancelled":
+                return "Cancelled: your job left the queue before it started."
             return "Cancelling: the worker process is stopped and the next job starts a fresh one."
-        return "Nothing of yours is running."
+        return "Nothing of yours is running or waiting."
 
     def history_view(self) -> tuple[list[list], object]:
         runs = self.history.runs(limit=200)
@@ -363,23 +369,6 @@ class Explorer:
         return root / hashlib.sha256(str(session).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------- transcribe
-    def _quantized_model(self, run_id: str | None):
-        """The loaded quantized model of a run: from memory, else from its saved artifact."""
-        if not run_id:
-            return None
-        with self.lock:
-            if run_id in self.results:
-                self.results.move_to_end(run_id)
-                return self.results[run_id][0]
-        if not re.fullmatch(r"[0-9a-f]{12}", run_id):
-            raise UserError("That is not a quantized model id from this page.")
-        folder = self.artifact_root / run_id
-        if not folder.is_dir():
-            raise UserError("That quantized model is not here (any more); press Quantize again.")
-        loaded, meta = load_quantized(folder)
-        self._remember(run_id, loaded, meta.get("app_summary", {}))
-        return loaded
-
     def transcribe_audio(self, audio_path: str | None, model_name: str, sample_name: str | None = None,
                          run_id: str | None = None, request: gr.Request = None):
         """Full-precision and (if a run id is given) quantized transcripts side by side.
@@ -387,28 +376,22 @@ class Explorer:
         Returns (fp text, quantized word diff, details markdown).
         """
         try:
-            with self.transcriptions.enter(getattr(request, "session_hash", None)):
+            with self.transcriptions.entered(getattr(request, "session_hash", None)):
                 self._check_model(model_name)
-                result = self._quantized_model(run_id)  # an unknown run id is refused before any decoding
+                result = self.results.model(run_id) if run_id else None  # an unknown run id: refused before decoding
                 audio = self._audio(audio_path)
-                with self.cpu_lock:
-                    loaded = self.models.get(model_name)
-                    start = time.perf_counter()
-                    fp_text = transcribe(loaded, [audio])[0]
-                    fp_seconds = time.perf_counter() - start
-                    q_text, q_seconds = None, None
-                    if result is not None:
-                        start = time.perf_counter()
-                        q_text = transcribe(result, [audio])[0]
-                        q_seconds = time.perf_counter() - start
+                digest = audio_key(audio)
+                fp = self.transcriptions.transcribe(self.models.get(model_name), model_name, audio, digest)
+                quantized = (self.transcriptions.transcribe(result, f"{model_name}/{run_id}", audio, digest)
+                             if result is not None else None)
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
+        fp_text, q_text = fp.text, quantized.text if quantized is not None else None
         seconds = len(audio) / SAMPLE_RATE
         reference = self._reference(audio_path, sample_name)
-        lines = [f"**{seconds:.1f} s** of audio. Full precision: {fp_seconds:.2f} s (real-time factor "
-                 f"{fp_seconds / seconds:.3f})"]
-        if q_seconds is not None:
-            lines.append(f"Quantized (fake quant): {q_seconds:.2f} s (real-time factor {q_seconds / seconds:.3f})")
+        lines = [f"**{seconds:.1f} s** of audio. Full precision: {_timing(fp, seconds)}"]
+        if quantized is not None:
+            lines.append(f"Quantized (fake quant): {_timing(quantized, seconds)}")
         if reference is not None:
             wer_fp, _ = self.scorer.score([reference], [fp_text])
             lines.append(f"Reference: *{reference}*  \nWER full precision: **{100 * wer_fp:.1f}%**")
@@ -417,3 +400,14 @@ class Explorer:
         # HighlightedText joins tokens as given: keep the spaces between words.
         diff = [(word + " ", tag) for word, tag in word_diff(fp_text, q_text)] if q_text is not None else []
         return fp_text, diff, "  \n".join(lines)
+
+
+def _timing(transcript, seconds: float) -> str:
+    shared = " (a shared answer: this clip was transcribed with this model before)" if transcript.shared else ""
+    return f"{transcript.seconds:.2f} s (real-time factor {transcript.seconds / seconds:.3f}){shared}"
+
+
+def _queue_words(ahead: int, seconds: float | None) -> str:
+    """'2 jobs ahead of yours, about 80 s' while a job waits in the queue."""
+    jobs = f"{ahead} job{'s' if ahead != 1 else ''} ahead of yours"
+    return jobs + (f", about {seconds:.0f} s" if seconds is not None else "") if ahead else "starting"

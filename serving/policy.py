@@ -9,6 +9,9 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
     ASRQ_ALLOWED_MODELS=a/b,c/d extra hub ids a public server may load
     ASRQ_EVAL_DIR=/path         score the page's WER on this folder of real clips (refs.tsv or LibriSpeech
                                 layout) instead of the synthetic demo clips; private mode may also type one
+    ASRQ_WARM_UP=fade:4,rtn:4   settings (method:bits, the page's other defaults) the worker quantizes on the
+                                default model while no job waits; "none" for none (default: none in private
+                                mode, PUBLIC_WARM_UP in public mode)
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from dataclasses import dataclass, replace
 
 from engine.errors import ModelUnavailableError, UserError
 from engine.models import REGISTRY, LoadedModel, load_model
+
+
+PUBLIC_WARM_UP = ("fade:4", "gptq:4", "rtn:4", "nf4:4")  # the page's default first, then the other popular ones
 
 
 class PolicyError(UserError):
@@ -43,12 +49,17 @@ class ServingPolicy:
     kept_results: int = 4  # loaded quantized models in the server's memory
     kept_artifacts: int = 64  # saved quantized models on disk; older ones are deleted
     eval_dir: str | None = None  # the server owner's folder of real clips for the page's WER (None: demo clips)
+    warm_up: tuple[str, ...] = ()  # "method:bits" quantized on the default model while the worker is idle
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
                      "kept_results", "kept_artifacts"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f"{name} must be positive, not {getattr(self, name)}.")
+        for item in self.warm_up:
+            method, _, bits = item.partition(":")
+            if not method or not bits.isdigit():
+                raise PolicyError(f"Warm-up setting {item!r} is not of the form method:bits (for example fade:4).")
         for hub_id in self.allowed_hub_ids:
             if hub_id.count("/") != 1 or hub_id.startswith(("/", ".", "~")):
                 raise PolicyError(f"Allowed model {hub_id!r} is not a hub id of the form owner/name.")
@@ -57,7 +68,7 @@ class ServingPolicy:
     def public_defaults(cls, **changes) -> ServingPolicy:
         """The caps of a public Space on free CPU hardware: two-minute clips, ten-minute jobs, 20 MB uploads."""
         values = {"public": True, "max_upload_bytes": 20 * 2**20, "max_audio_seconds": 120.0, "job_seconds": 600.0,
-                  "max_waiting_jobs": 4, "kept_artifacts": 32}
+                  "max_waiting_jobs": 4, "kept_artifacts": 32, "warm_up": PUBLIC_WARM_UP}
         return cls(**(values | changes))
 
     @classmethod
@@ -71,9 +82,13 @@ class ServingPolicy:
         eval_dir = env.get("ASRQ_EVAL_DIR", "").strip() or None
         if eval_dir is not None and not os.path.isdir(eval_dir):
             raise PolicyError(f"ASRQ_EVAL_DIR={eval_dir!r} is not a folder.")
+        warm_up = {}
+        if env.get("ASRQ_WARM_UP", "").strip():
+            text = env["ASRQ_WARM_UP"].strip()
+            warm_up = {"warm_up": () if text.lower() == "none" else tuple(i.strip() for i in text.split(",") if i.strip())}
         if public:
-            return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir)
-        return cls(allowed_hub_ids=allowed, eval_dir=eval_dir)
+            return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
+        return cls(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
 
     def with_changes(self, **changes) -> ServingPolicy:
         return replace(self, **changes)

@@ -12,7 +12,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from engine.policy import BusyError
+from serving.policy import BusyError
+
+
+def refusal(what: str, holders: list, session: str | None, capacity: int) -> BusyError | None:
+    """Why one more ``what`` cannot come in (holders: the sessions holding places now), or None when it can."""
+    if session is not None and session in holders:
+        return BusyError(f"You already have a {what} running or waiting; wait for it or cancel it first.")
+    if len(holders) >= capacity:
+        return BusyError(f"The server is busy ({len(holders)} {what}s running or waiting); please try again in a minute.")
+    return None
 
 
 class Admission:
@@ -37,13 +46,10 @@ class Admission:
     def enter(self, session: str | None) -> Iterator[None]:
         """Hold a place while the body runs; raise BusyError (one sentence) when there is none for this session."""
         with self._lock:
-            if session is not None and session in self._holders.values():
+            refused = refusal(self.what, list(self._holders.values()), session, self.capacity)
+            if refused is not None:
                 self.refused += 1
-                raise BusyError(f"You already have a {self.what} running or waiting; wait for it or cancel it first.")
-            if len(self._holders) >= self.capacity:
-                self.refused += 1
-                raise BusyError(f"The server is busy ({len(self._holders)} {self.what}s running or waiting); "
-                                f"please try again in a minute.")
+                raise refused
             ticket = next(self._tickets)
             self._holders[ticket] = session
         try:

@@ -1,4 +1,5 @@
-"""The tasks the worker process runs for the web app (see engine/jobs.py). Each returns plain JSON data.
+"""The tasks the worker process runs for the web app (serving/worker.py), by name in TASKS. Each is a function
+of (request: dict, progress, context) -> dict of plain JSON data; context lives as long as the worker process.
 
 quantize: quantize with the page's settings (calibration from sample_audio drawn by seed, never a clip that is
 scored), save the result as an artifact folder named by its run id, score it on the page's evaluation set
@@ -23,15 +24,14 @@ from engine.artifacts import ArtifactError, save_quantized, verify_artifact
 from engine.audio import load_audio
 from engine.evaluate import evaluate
 from engine.experiment import build_calibration, calibration_clips, interval_summary
-from engine.jobs import ProgressFn, task
 from engine.latency import fastest_real_runtime, runnable_runtimes
 from engine.layer_table import apply_overrides, build_table
 from engine.methods import get_method, make_config
-from engine.model_cache import ModelCache
 from engine.models import load_model
-from engine.quantize import quantize
+from engine.quantize import ProgressFn, quantize
 from engine.runtimes import ModelToRun
 from engine.samples import SAMPLE_DIR, EvalSet, eval_set
+from serving.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def layers_key(overrides: list[dict] | None) -> str:
 
 
 def _models(context: dict, safe_only: bool = False) -> ModelCache:
-    """The worker's model cache; a public server's worker reads safetensors only (see engine/policy.py)."""
+    """The worker's model cache; a public server's worker reads safetensors only (see serving/policy.py)."""
     key = f"models-safe-{safe_only}"
     if key not in context:
         context[key] = ModelCache(capacity=2, loader=lambda name: load_model(name, safe_only=safe_only))
@@ -90,7 +90,6 @@ def _fp32_report(context: dict, model: str, clips: EvalSet, safe_only: bool = Fa
     return cache[key]
 
 
-@task("quantize")
 def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     """request: model, method, settings (method config fields), seed, overrides (list or None), artifact_root."""
     run_id = run_id_of(request)
@@ -159,7 +158,6 @@ def _summary(request, run_id, folder, config, calibration, result, scored, repor
     }
 
 
-@task("personalize")
 def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     """request: model, speaker, audio (paths), texts, n_train, adapters_root (optional). LoRA on NF4 from the
     first n_train recordings (the last of them validating), fp32 / NF4 / NF4+LoRA on the rest."""
@@ -170,3 +168,6 @@ def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict
     fp32 = _models(context, request.get("safe_only", False)).get(request["model"])
     return adapt_and_compare(fp32, speaker, audios, list(request["texts"]), int(request["n_train"]),
                              adapters_root=request.get("adapters_root"), progress=progress)
+
+
+TASKS = {"quantize": quantize_task, "personalize": personalize_task}

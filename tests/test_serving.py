@@ -1,0 +1,89 @@
+"""The serving package's shared state without a model: the model cache's loads, the shared transcripts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.model_cache import ModelCache
+from serving.transcription import TranscriptionDesk, audio_key
+
+
+class SlowLoader:
+    """Stands in for load_model's time (the cache's behaviour is what is tested, not the loading)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, []
+
+    def __call__(self, name: str):
+        self.calls.append(name)
+        time.sleep(self.seconds)
+        if name == "broken":
+            raise OSError("disk gone")
+        return f"model {name}"
+
+
+def test_one_load_in_flight_per_model_and_none_holds_up_a_cached_model():
+    loader = SlowLoader(1.0)
+    cache = ModelCache(capacity=2, loader=loader)
+    cache.get("small")
+    results = {}
+
+    def get(key, name):
+        results[key] = cache.get(name)
+
+    threads = [threading.Thread(target=get, args=(i, "big")) for i in range(3)]
+    for t in threads:
+        t.start()
+    start = time.monotonic()
+    assert cache.get("small") == "model small"  # while "big" loads
+    assert time.monotonic() - start < 0.3
+    for t in threads:
+        t.join()
+    assert results == {0: "model big", 1: "model big", 2: "model big"} and loader.calls == ["small", "big"]
+
+
+def test_a_failed_load_reaches_every_waiter_and_is_tried_again_later():
+    loader = SlowLoader(0.3)
+    cache = ModelCache(loader=loader)
+    errors = []
+
+    def get():
+        try:
+            cache.get("broken")
+        except OSError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=get) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == ["disk gone", "disk gone"] and loader.calls == ["broken"]
+    with pytest.raises(OSError):
+        cache.get("broken")
+    assert loader.calls == ["broken", "broken"]
+
+
+def test_audio_key_is_the_samples_not_the_file():
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    assert audio_key(audio) == audio_key(audio.astype(np.float64))
+    assert audio_key(audio) != audio_key(audio[:-1])
+
+
+@pytest.mark.slow
+def test_a_shared_transcript_is_answered_without_the_model(tiny):
+    from engine.samples import sample_clips
+    from engine.audio import load_audio
+
+    desk = TranscriptionDesk()
+    clip = next(c for c in sample_clips() if c.group == "demo")
+    audio = load_audio(clip.path)
+    first = desk.transcribe(tiny, "tiny.en", audio)
+    again = desk.transcribe(tiny, "tiny.en", audio.copy())
+    assert desk.model_calls == 1 and again.shared and not first.shared and again.text == first.text
+    other = desk.transcribe(tiny, "tiny.en/abcdef012345", audio)  # another run never shares the answer
+    assert desk.model_calls == 2 and not other.shared

@@ -76,6 +76,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--heldout", action="store_true",
                         help="score on the other real speakers (the calibration pool's 54 clips) and calibrate on "
                              "test-other: a check of settings chosen on test-other")
+    parser.add_argument("--note", default=None, help="a sentence about this run for the markdown (kept in the JSON)")
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                         help="run only the rows whose label contains one of these texts")
     args = parser.parse_args(argv)
@@ -93,7 +94,9 @@ def main(argv=None) -> dict:
         utterances, audios = utterances[: args.limit], audios[: args.limit]
     seconds = sum(map(len, audios)) / 16000
     out_json = RESULTS / f"{args.out}.json"
-    rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else {}
+    earlier = json.loads(out_json.read_text()) if out_json.exists() else {}
+    rows = earlier.get("rows", {})
+    note = args.note if args.note is not None else earlier.get("note", "")  # a resumed run keeps its note
     scorer = TextScorer()
     loaded = load_model("tiny.en")
     workdir = Path(tempfile.mkdtemp(prefix="asrq-deploy-"))
@@ -113,8 +116,9 @@ def main(argv=None) -> dict:
                        "words": words}
         log.info("%s: WER %.2f%%, RTF %.3f", label, 100 * rows[label]["wer"], rows[label]["rtf"])
         write_results(args.out, {"rows": rows, "clips": len(utterances), "threads": args.threads,
-                                 "evaluated_on": list(eval_folders), "calibrated_on": list(calib_folders)},
-                      markdown(rows, len(utterances), args.threads, eval_folders))
+                                 "evaluated_on": list(eval_folders), "calibrated_on": list(calib_folders),
+                                 "note": note},
+                      markdown(rows, len(utterances), args.threads, eval_folders, note))
 
     folder = REGISTRY["tiny.en"].locate().model_parts[0].parent
     for compute in ("int8", "float32"):
@@ -160,7 +164,7 @@ def main(argv=None) -> dict:
     return rows
 
 
-def markdown(rows: dict, n_clips: int, threads: int, eval_folders=("librispeech-test-other",)) -> str:
+def markdown(rows: dict, n_clips: int, threads: int, eval_folders=("librispeech-test-other",), note: str = "") -> str:
     base = rows.get("faster-whisper int8", {}).get("rtf")
     processor = cpu()
     where = ", ".join(eval_folders)
@@ -191,7 +195,9 @@ def markdown(rows: dict, n_clips: int, threads: int, eval_folders=("librispeech-
                      f"<= {goal:+.1f} | {met} |")
     if comparisons:
         lines += ["", "Met: judged on the point estimate of one calibration draw; the interval says how much "
-                  "of the difference 50 clips resolve."]
+                  f"of the difference {n_clips} clips resolve."]
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 

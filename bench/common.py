@@ -25,7 +25,7 @@ def speech(name: str) -> Path:
 
 @dataclass(frozen=True)
 class EvalClips:
-    """The 50 LibriSpeech test-other clips every benchmark evaluates on, decoded once."""
+    """Evaluation clips decoded once: test-other's 50 (what every table scores on) or another set of folders."""
 
     utterances: list
     audios: list

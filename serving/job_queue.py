@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WaitingFn = Callable[[int, float | None], None]  # (jobs ahead, estimated seconds until this one starts or None)
 KEPT_DURATIONS = 20  # recent run times per task behind the waiting estimate
+KEPT_STARTS = 1000  # ids in started_order: a server runs for days, the record must not grow with it
 
 
 @dataclass(eq=False)
@@ -78,7 +79,7 @@ class JobQueue:
         self._closed = False
         self._idle_work: deque[tuple[str, dict]] = deque()  # (task, settings) to run while nobody waits
         self.refused = 0  # submits answered busy
-        self.started_order: list[str] = []  # ids in the order they started (the FIFO's record, for checks)
+        self.started_order: list[str] = []  # the last KEPT_STARTS ids in the order they started (for checks)
 
     # ------------------------------------------------------------------ submitting and waiting
     @property
@@ -91,10 +92,6 @@ class JobQueue:
         """The job the worker runs now (a visitor's or idle work), if any."""
         with self._lock:
             return self._running
-
-    @property
-    def busy(self) -> bool:
-        return self.occupied > 0
 
     def submit(self, task: str, settings: dict, owner: str | None = None, timeout: float | None = None) -> Job:
         """Queue a job, or raise BusyError (one sentence) when there is no room for it."""
@@ -218,6 +215,7 @@ class JobQueue:
                 job.state, job.started = "running", time.monotonic()
                 self._running = job
                 self.started_order.append(job.id)
+                del self.started_order[:-KEPT_STARTS]
 
             def should_stop(job=job) -> bool:
                 return job.cancel_requested or (job.idle and bool(self._waiting))  # a visitor arrived: make way

@@ -90,7 +90,7 @@ def test_worker_runs_a_job_with_progress_then_cancel_and_kill_leave_it_usable(tm
         threading.Timer(2.0, jobs.cancel, args=(job.id,)).start()
         with pytest.raises(JobCancelled):
             jobs.wait(job)
-        assert not jobs.busy and not any(p.name.startswith(".") for p in (tmp_path / "results").iterdir())
+        assert jobs.occupied == 0 and not any(p.name.startswith(".") for p in (tmp_path / "results").iterdir())
         assert not jobs.cancel(job.id)  # a finished job's id is refused
 
         # kill -9 of the worker mid-job is a failed job, not a hang.

@@ -1,25 +1,32 @@
 """Quantization time and peak memory per method, each in its own fresh process (nothing else resident):
 the process loads tiny.en, decodes 32 real calibration clips and quantizes once; its peak RSS is the
-kernel's VmHWM at the end.
+kernel's VmHWM at the end. With --wer each run also scores its model on the 50 test-other clips, so a
+faster pass (--pad-strides: how many encoder padding frames one sampled frame stands for in the moments;
+1 = all of them) is compared on accuracy over calibration seeds as well as on time, in one run.
 
     python -m bench.quant_memory [--methods fade gptq qep rtn] [--bits 4 3]
+    python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 8 --seeds 0 1 2 --wer --out pass_speed \
+        --baseline ../base   # a checkout of an earlier commit, timed in turn with these rows (seed 0, its own pass)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 
 from bench.common import write_results
 
+TEST_SET = "librispeech-test-other"
 
-def child(method: str, bits: int) -> dict:
+
+def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool) -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
-    from engine.evaluate import load_dataset
+    from engine.evaluate import evaluate, load_dataset
     from engine.experiment import build_calibration, calibration_clips
     from engine.methods import get_method, make_config
     from engine.models import load_model
@@ -29,36 +36,81 @@ def child(method: str, bits: int) -> dict:
     loaded = load_model("tiny.en")
     config = make_config(method, bits=bits, group_size=64)
     calibration = None
+    test_set = load_dataset(speech(TEST_SET))
     if get_method(method).uses_calibration(config):
-        exclude = load_dataset(speech("librispeech-test-other"))
-        calibration = build_calibration(loaded, calibration_clips([speech(n) for n in REAL_CALIBRATION], N_CALIB, 0,
-                                                                  exclude))
-    result = quantize(loaded, config, calibration)
-    return {"method": method, "bits": bits, "quant_seconds": result.seconds,
-            "process_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        calibration = build_calibration(loaded, calibration_clips([speech(n) for n in REAL_CALIBRATION], N_CALIB,
+                                                                  seed, test_set))
+    result = quantize(loaded, config, calibration, pad_stride=pad_stride)
+    row = {"method": method, "bits": bits, "pad_stride": pad_stride, "seed": seed, "quant_seconds": result.seconds,
+           "process_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+    if wer:  # after the peak is read: the score is not part of the quantization's memory
+        row["wer"] = evaluate(result.loaded, test_set).wer
+    return row
+
+
+def markdown(rows: list[dict], with_wer: bool) -> str:
+    lines = ["# Quantization time and peak memory, tiny.en, 32 real calibration clips, group size 64", "",
+             "Each row is a fresh process: model + calibration audio + the pass. Target for FADE: < 60 s, < 3 GB.",
+             "pad stride: one encoder padding frame in this many enters the moments (1: all of them).", ""]
+    head = "| method | bits | pad stride | seed | quantize s | process peak RSS MB |"
+    lines += [head + (" WER % (50 test-other clips) |" if with_wer else ""),
+              "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if with_wer else "")]
+    for r in rows:
+        line = (f"| {r['method']} | {r['bits']} | {r['pad_stride']} | {r['seed']} | {r['quant_seconds']:.1f} "
+                f"| {r['peak_rss_mb']:.0f} |")
+        lines.append(line + (f" {100 * r['wer']:.2f} |" if with_wer and "wer" in r else " |" if with_wer else ""))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["bits"], r["pad_stride"]), []).append(r)
+    if any(len(g) > 1 for g in groups.values()):
+        lines += ["", "Over the seeds (mean ± sample std):", ""]
+        for (method, bits, stride), group in groups.items():
+            times = [r["quant_seconds"] for r in group]
+            text = f"- {method} {bits}-bit, pad stride {stride}: {statistics.mean(times):.1f} s"
+            if with_wer and len(group) > 1 and all("wer" in r for r in group):
+                wers = [100 * r["wer"] for r in group]
+                text += f", WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f} %"
+            lines.append(text + f" ({len(group)} runs)")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "qep", "fade"])
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    parser.add_argument("--child", nargs=2, metavar=("METHOD", "BITS"))
+    parser.add_argument("--pad-strides", type=int, nargs="+", default=[8])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--wer", action="store_true", help="score each quantized model on the test-other clips")
+    parser.add_argument("--out", default="quant_memory", help="results name under bench/results")
+    parser.add_argument("--baseline", help="checkout of an earlier commit whose pass is timed between these rows")
+    parser.add_argument("--child", nargs=4, metavar=("METHOD", "BITS", "PAD_STRIDE", "SEED"))
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]))))
+        method, bits, stride, seed = args.child
+        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer)))
         return {}
     rows = []
+
+    def run(command: list[str], cwd: str | None = None, **labels) -> None:
+        out = subprocess.run([sys.executable, "-m", "bench.quant_memory", "--child"] + command, cwd=cwd,
+                             capture_output=True, text=True, check=True)
+        rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), **labels})
+        write_results(args.out, {"rows": rows, "baseline": baseline}, markdown(rows, args.wer))  # partial runs kept
+
+    baseline = _commit_of(args.baseline) if args.baseline else None
     for bits in args.bits:
         for method in args.methods:
-            out = subprocess.run([sys.executable, "-m", "bench.quant_memory", "--child", method, str(bits)],
-                                 capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    lines = ["# Quantization time and peak memory, tiny.en, 32 real calibration clips, group size 64",
-             "", "Each row is a fresh process: model + calibration audio + the pass. Target for FADE: < 60 s, < 3 GB.",
-             "", "| method | bits | quantize s | process peak RSS MB |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['method']} | {r['bits']} | {r['quant_seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
-    write_results("quant_memory", {"rows": rows}, "\n".join(lines))
+            for seed in args.seeds:  # seeds outermost: a slow spell of a shared machine hits every variant alike
+                if args.baseline:  # its own child interface (method, bits): seed 0, every padding frame
+                    run([method, str(bits)], cwd=args.baseline, pad_stride=f"1 ({baseline})", seed=0)
+                for stride in args.pad_strides:
+                    run([method, str(bits), str(stride), str(seed)] + (["--wer"] if args.wer else []))
     return {"rows": rows}
+
+
+def _commit_of(checkout: str) -> str:
+    return subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 if __name__ == "__main__":

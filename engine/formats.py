@@ -140,6 +140,11 @@ class QuantizedTensor:
     def nbytes(self) -> int:
         return packed_bytes(*self.codes.shape, self.fmt)
 
+    def split_rows(self, sizes: list[int]) -> list["QuantizedTensor"]:
+        """The weights of a row-wise stack, each (sizes[i], in) with its own rows' grids."""
+        parts = zip(self.codes.split(sizes), self.scale.split(sizes), self.zero.split(sizes))
+        return [QuantizedTensor(codes, scale, zero, self.fmt) for codes, scale, zero in parts]
+
     def describe(self) -> dict:
         return {"kind": self.kind, "bits": self.fmt.bits, "group_size": self.fmt.group_size,
                 "symmetric": self.fmt.symmetric, "integer_zero": self.fmt.integer_zero,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from engine.calibration import BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
+from engine.calibration import PAD_STRIDE, BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
 from engine.config import QuantConfig
 from engine.diagnostics import LayerRecord, record_for, refined_record
 from engine.errors import UserError
@@ -96,8 +96,10 @@ def quantize(
     layers: list[LayerSpec] | None = None,
     progress: ProgressFn | None = None,
     batch_size: int = 8,
+    pad_stride: int = PAD_STRIDE,
 ) -> QuantizationResult:
-    """Quantize a copy of ``loaded`` with ``config``; per-layer rows in ``layers`` override bits etc."""
+    """Quantize a copy of ``loaded`` with ``config``; per-layer rows in ``layers`` override bits etc.
+    pad_stride: one encoder padding frame in this many enters the calibration moments (1: all)."""
     progress = progress or (lambda fraction, message: None)
     method = get_method(config.method)
     if method.uses_calibration(config) and calibration is None:
@@ -139,7 +141,7 @@ def quantize(
                 quantize_layer(name, layer, stats[name])
 
         runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=pass_progress,
-                               output_layer=OUTPUT_LAYER in specs)
+                               output_layer=OUTPUT_LAYER in specs, pad_stride=pad_stride)
         runner.run(on_group)
         block_records = runner.block_records
     else:

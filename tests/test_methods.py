@@ -59,6 +59,56 @@ def test_gptq_variants_beat_rtn(act_order, group):
     assert local_error(w, gptq, m) < local_error(w, rtn_quantize(w, fmt).dequantize(), m)
 
 
+def test_a_weighted_row_counts_as_that_many_copies():
+    x, x_hat = correlated_inputs(40, 8, 0), correlated_inputs(40, 8, 1)
+    copies, weighted = LayerStats(8, splits=1), LayerStats(8, splits=1)
+    copies.add_batch(x[:10], x_hat[:10])
+    for _ in range(3):
+        copies.add_batch(x[10:], x_hat[10:])
+    weighted.add_batch(x[:10], x_hat[:10])
+    weighted.add_batch(x[10:], x_hat[10:], weight=3.0)
+    a, b = copies.moments(), weighted.moments()
+    assert a.n == b.n == 100
+    for name in ("hq", "cross", "hx"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+
+
+def test_corrected_and_uncorrected_rounded_in_one_stack_get_their_own_codes():
+    from engine.methods.rtn_gptq_qep import corrected_outcome, round_weight
+
+    w, _, _, stats, spec = layer_setup(drift=0.4)
+    config = QEPConfig(bits=3, group_size=16, alpha=0.8)
+    spec = LayerSpec(spec.name, spec.part, spec.block, spec.kind, spec.out_features, spec.in_features, bits=3,
+                     group_size=16)
+    m = stats.moments()
+    outcome = corrected_outcome(w, m, spec, config, 0.8)
+    alone = round_weight(outcome.target, m, spec, config, "gptq"), round_weight(w, m, spec, config, "gptq")
+    for stacked, single in zip((outcome.quantized, outcome.uncorrected), alone):
+        assert torch.equal(stacked.codes, single.codes)
+        assert torch.equal(stacked.scale, single.scale) and torch.equal(stacked.zero, single.zero)
+    assert not torch.equal(outcome.quantized.codes, outcome.uncorrected.codes)
+
+
+def test_encoder_padding_rows_sampled_cover_every_position_and_keep_the_count():
+    from engine.calibration import CalibrationData, TwoStreamPass
+
+    frames = (3, 7, 0, 10, 5, 1, 2, 9, 4)
+    data = CalibrationData(torch.zeros(len(frames), 1, 40), frames, ((1, 2),) * len(frames))
+    runner = TwoStreamPass.__new__(TwoStreamPass)  # only the row choice is under test: no model needed
+    runner.data, runner.pad_stride = data, 4
+    rows = runner._encoder_rows(20)
+    for clip, speech in enumerate(frames):
+        weights = rows.weight[clip]
+        assert bool((weights[:speech] == 1).all())  # every speech frame counts once
+        padding = weights[speech:]
+        assert set(padding.unique().tolist()) <= {0.0, 4.0}
+        assert abs(float(weights.sum()) - 20) < 4  # the sampled frames stand for all of the padding
+    sampled = (rows.weight == 4).any(dim=0)
+    assert bool(sampled[10:].all())  # past the longest speech every window position is seen by some clip
+    runner.pad_stride = 1
+    assert bool((runner._encoder_rows(20).weight == 1).all())  # stride 1: every frame, the exact moments
+
+
 def test_qep_with_alpha_zero_equals_gptq():
     w, _, _, stats, spec = layer_setup()
     gptq = get_method("gptq").quantize_layer(w, stats, spec, GPTQConfig(bits=3, group_size=-1))

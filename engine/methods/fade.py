@@ -28,16 +28,15 @@ from engine.config import FADEConfig
 from engine.layer_table import LayerSpec
 from engine.methods import LayerOutcome, register
 from engine.methods.moments import LayerStats, Moments
-from engine.methods.qep import qep_direction
+from engine.methods.qep import drift_product, qep_direction
 from engine.methods.rtn_gptq_qep import corrected_outcome, layer_format
 
 
-def _gain_curvature(w: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:
-    """g = tr(W (C - H^) D^T), h = tr(D H^ D^T) of the output-error quadratic on moments m."""
-    w, d = w.double(), d.double()
-    g = torch.einsum("oi,ij,oj->", w, m.cross - m.hq, d)
-    h = torch.einsum("oi,ij,oj->", d, m.hq, d)
-    return float(g), float(h)
+def _gain_curvature(drift: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:
+    """g = tr(W (C - H^) D^T), h = tr(D H^ D^T) of the output-error quadratic on moments m.
+    drift: W (C - H^) on m, (out, in) float64; d: (out, in)."""
+    d = d.double()
+    return float((drift * d).sum()), float(((d @ m.hq) * d).sum())
 
 
 def _heldout_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:
@@ -58,10 +57,11 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
     w: (out, in); a, b: the halves' moments, (in, in) each.
     """
     alphas, shares = [], []
-    for fit, check in ((a, b), (b, a)):
-        d = qep_direction(w, fit, damping)
-        g_in, h_in = _gain_curvature(w, d, fit)
-        g_out, h_out = _gain_curvature(w, d, check)
+    drift_a, drift_b = drift_product(w, a), drift_product(w, b)  # each used by both directions
+    for fit, check, drift_fit, drift_check in ((a, b, drift_a, drift_b), (b, a, drift_b, drift_a)):
+        d = qep_direction(w, fit, damping, drift_fit)
+        g_in, h_in = _gain_curvature(drift_fit, d, fit)
+        g_out, h_out = _gain_curvature(drift_check, d, check)
         if h_in <= 0 or h_out <= 0 or g_in <= 0:
             continue
         alphas.append(g_out / h_out)

@@ -51,24 +51,26 @@ def gptq_quantize(
         for g in range(n_groups):
             s, z = qparams(w[:, g * group:(g + 1) * group].float(), fmt)
             scale[:, g], zero[:, g] = s[:, 0].double(), z[:, 0].double()
-    codes = torch.zeros(out_features, in_features, dtype=torch.uint8)
-
+    # Rows of the transposed weight are its columns: each step reads and updates contiguous memory.
+    Wt = W.T.contiguous()  # (in, out), in visiting order
+    scale_t, zero_t = scale.T.contiguous(), zero.T.contiguous()  # (groups, out): a group's grid is one row
+    codes_t = torch.zeros(in_features, out_features, dtype=torch.uint8)
     for i1 in range(0, in_features, block_size):
         i2 = min(i1 + block_size, in_features)
-        W1, err1, hinv1 = W[:, i1:i2].clone(), torch.zeros(out_features, i2 - i1, dtype=W.dtype), hinv[i1:i2, i1:i2]
+        W1, err1, hinv1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, out_features, dtype=W.dtype), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = int(perm[i1 + i])
             g = col // group
             if not act_order and col % group == 0:
                 # Dynamic groups: the grid of a group is fitted when GPTQ reaches its first column.
-                s, z = qparams(torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :group].float(), fmt)
-                scale[:, g], zero[:, g] = s[:, 0].double(), z[:, 0].double()
-            w_col = W1[:, i]
-            c = quantize_to_codes(w_col, scale[:, g], zero[:, g], fmt.maxq)
-            codes[:, col] = c.to(torch.uint8)
-            q_col = scale[:, g] * (c - zero[:, g])
-            err = (w_col - q_col) / hinv1[i, i]
-            W1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            err1[:, i] = err
-        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return QuantizedTensor(codes, scale.float(), zero.float(), fmt)
+                rows = W1[i:i + group] if i + group <= len(W1) else torch.cat([W1[i:], Wt[i2:]])[:group]
+                s, z = qparams(rows.T.float(), fmt)
+                scale_t[g], zero_t[g] = s[:, 0].double(), z[:, 0].double()
+            w_col, s_g, z_g = W1[i], scale_t[g], zero_t[g]
+            c = quantize_to_codes(w_col, s_g, z_g, fmt.maxq)
+            codes_t[col] = c
+            err = (w_col - s_g * (c - z_g)) / hinv1[i, i]
+            W1[i + 1:].addr_(hinv1[i, i + 1:], err, alpha=-1)
+            err1[i] = err
+        Wt[i2:] -= hinv[i1:i2, i2:].T @ err1
+    return QuantizedTensor(codes_t.T.contiguous(), scale_t.T.float().contiguous(), zero_t.T.float().contiguous(), fmt)

@@ -18,12 +18,13 @@ import torch
 
 @dataclass(frozen=True)
 class Moments:
-    """Averaged moments over n tokens; all (in_features, in_features) float64."""
+    """Averaged moments over n tokens (a weighted count when rows were subsampled); all (in_features,
+    in_features) float64."""
 
     hq: torch.Tensor
     cross: torch.Tensor
     hx: torch.Tensor
-    n: int
+    n: float
 
     def __add__(self, other: "Moments") -> "Moments":
         n = self.n + other.n
@@ -42,19 +43,23 @@ class LayerStats:
         self._hq = torch.zeros(shape, dtype=torch.float64)
         self._cross = torch.zeros(shape, dtype=torch.float64)
         self._hx = torch.zeros(shape, dtype=torch.float64)
-        self._n = [0] * splits
+        self._n = [0.0] * splits
 
-    def add_batch(self, x_fp: torch.Tensor, x_q: torch.Tensor, split: int = 0) -> None:
-        """x_fp, x_q: (tokens, in_features), the same tokens in both streams."""
+    def add_batch(self, x_fp: torch.Tensor, x_q: torch.Tensor, split: int = 0, weight: float = 1.0) -> None:
+        """x_fp, x_q: (tokens, in_features), the same tokens in both streams; each row stands for ``weight``
+        tokens (a subsample of similar rows, scaled back to what they represent)."""
         x_fp, x_q = x_fp.float(), x_q.float()
+        if weight != 1.0:
+            root = weight ** 0.5
+            x_fp, x_q = x_fp * root, x_q * root
         # float32 products summed into float64 totals: fast, and exact enough for the solves.
         self._hq[split] += (x_q.T @ x_q).double()
         self._cross[split] += (x_fp.T @ x_q).double()
         self._hx[split] += (x_fp.T @ x_fp).double()
-        self._n[split] += x_fp.shape[0]
+        self._n[split] += weight * x_fp.shape[0]
 
     def split_moments(self, split: int) -> Moments:
-        n = max(self._n[split], 1)
+        n = self._n[split] or 1.0
         return Moments(self._hq[split] / n, self._cross[split] / n, self._hx[split] / n, self._n[split])
 
     def moments(self) -> Moments:

@@ -15,13 +15,19 @@ from engine.methods.gptq import prepare_hessian
 from engine.methods.moments import Moments
 
 
-def qep_direction(w: torch.Tensor, m: Moments, damping: float) -> torch.Tensor:
-    """D = W (C - H^) (H^ + lambda I)^-1, so that W*(alpha) = W + alpha D. w: (out, in) -> (out, in)."""
+def drift_product(w: torch.Tensor, m: Moments) -> torch.Tensor:
+    """W (C - H^): (out, in) float64, the right-hand side of the direction's solve."""
+    return w.double() @ (m.cross - m.hq)
+
+
+def qep_direction(w: torch.Tensor, m: Moments, damping: float, drift: torch.Tensor | None = None) -> torch.Tensor:
+    """D = W (C - H^) (H^ + lambda I)^-1, so that W*(alpha) = W + alpha D. w: (out, in) -> (out, in).
+    drift: drift_product(w, m) when the caller already has it."""
     h, dead = prepare_hessian(m.hq, damping)
-    h_delta = m.cross - m.hq
+    drift = drift_product(w, m) if drift is None else drift
     # Solve D H = W Hd rather than forming the inverse: D^T = H^-1 Hd^T W^T (H symmetric).
     chol = torch.linalg.cholesky(h)
-    d = torch.cholesky_solve((w.double() @ h_delta).T, chol).T
+    d = torch.cholesky_solve(drift.T, chol).T
     d[:, dead] = 0
     return d.to(w.dtype)
 

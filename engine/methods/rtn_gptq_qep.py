@@ -41,10 +41,16 @@ def quantize_gptq(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: G
 
 def corrected_outcome(w: torch.Tensor, m: Moments, spec: LayerSpec, config: QEPConfig, alpha: float,
                       notes: dict | None = None) -> LayerOutcome:
-    """Correct with the given alpha, round, and also round the uncorrected weight for the diagnostics."""
+    """Correct with the given alpha, round, and also round the uncorrected weight for the diagnostics.
+
+    Both are rounded in one stacked call: given the shared Hessian every row is rounded on its own, so
+    the stack gives each weight the codes it would get alone, for one pass of GPTQ's column loop."""
     target = qep_correct(w, m, alpha, config.qep_damping)
-    quantized = round_weight(target, m, spec, config, config.base)
-    uncorrected = quantized if alpha == 0 else round_weight(w, m, spec, config, config.base)
+    if alpha == 0:
+        quantized = round_weight(target, m, spec, config, config.base)
+        return LayerOutcome(quantized, target, alpha, quantized, notes)
+    quantized, uncorrected = round_weight(torch.cat([target, w]), m, spec, config, config.base).split_rows(
+        [target.shape[0], w.shape[0]])
     return LayerOutcome(quantized, target, alpha, uncorrected, notes)
 
 

@@ -9,7 +9,8 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import deployment, foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory
+from bench import batching, deployment, foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory
+from bench.common import REPO
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
 SEED_METHOD_RUNS = (
@@ -45,6 +46,10 @@ GRID_RUNS = (
 HELDOUT_ROWS = ("faster-whisper int8", "whisper.cpp f16", "own q4_0", "own q4_1", "RTN 4-bit g32", "GPTQ 4-bit g32",
                 "FADE 4-bit g32", "FADE 5-bit g32", "RTN 5-bit g32")
 
+PASS_SPEED_RUN = ["--methods", "fade", "--bits", "4", "--pad-strides", "1", "8", "--seeds", "0", "1", "2", "--wer",
+                  "--out", "pass_speed"]
+BASELINE = REPO.parent / "base"
+
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -56,6 +61,9 @@ def main() -> None:
     deployment.main(["--heldout", "--only", *HELDOUT_ROWS])
     methods.main([])
     quant_memory.main([])
+    # The faster pass (one encoder padding frame in 8 in the moments) against every frame, on accuracy and time,
+    # beside the pass of the commit before it (a checkout at ../base, when there is one).
+    quant_memory.main(PASS_SPEED_RUN + (["--baseline", str(BASELINE)] if BASELINE.is_dir() else []))
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])
     for args in GRID_RUNS:
@@ -64,7 +72,9 @@ def main() -> None:
         methods.main(["--out", "decoding", "--fallback", *args])
     personalization.main([])
     fuzz_audio.main([])
-    load.main([])
+    batching.main([])
+    load.main([])  # 30 visitors, 10 min, public mode: the cores split between the worker and transcription
+    load.main(["--threads", "shared", "--out", "load-shared"])  # the same with both on every core
 
 
 if __name__ == "__main__":

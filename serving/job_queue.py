@@ -107,6 +107,7 @@ class JobQueue:
             job = Job(f"{self.what}-{next(self._ids)}", task, settings, owner, timeout)
             self._jobs[job.id] = job
             self._waiting.append(job)
+            log.info("%s queued: %s", job.id, task)
             self._start_dispatcher()
             self._lock.notify_all()
         return job
@@ -216,6 +217,7 @@ class JobQueue:
                 self._running = job
                 self.started_order.append(job.id)
                 del self.started_order[:-KEPT_STARTS]
+                log.info("%s started: %s", job.id, job.task)  # bench/load.py checks the order from these lines
 
             def should_stop(job=job) -> bool:
                 return job.cancel_requested or (job.idle and bool(self._waiting))  # a visitor arrived: make way

@@ -12,6 +12,10 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
     ASRQ_WARM_UP=fade:4,rtn:4   settings (method:bits, the page's other defaults) the worker quantizes on the
                                 default model while no job waits; "none" for none (default: none in private
                                 mode, PUBLIC_WARM_UP in public mode)
+    ASRQ_THREADS=1:1            torch threads of the job worker : of the server's transcriptions; "split": the
+                                cores in two, the worker getting the smaller half (the public default);
+                                "shared": both use every core, as torch does (the private default: one person
+                                rarely transcribes while a job runs). Measured in bench/results/load.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,20 @@ from dataclasses import dataclass, replace
 
 from engine.errors import ModelUnavailableError, UserError
 from engine.models import REGISTRY, LoadedModel, load_model
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def split_threads(cores: int) -> tuple[int, int]:
+    """(worker, transcription) threads: the cores in two parts that never overlap, transcription the larger."""
+    worker = max(1, cores // 2)
+    return worker, max(1, cores - worker)
 
 
 PUBLIC_WARM_UP = ("fade:4", "gptq:4", "rtn:4", "nf4:4")  # the page's default first, then the other popular ones
@@ -50,12 +68,19 @@ class ServingPolicy:
     kept_artifacts: int = 64  # saved quantized models on disk; older ones are deleted
     eval_dir: str | None = None  # the server owner's folder of real clips for the page's WER (None: demo clips)
     warm_up: tuple[str, ...] = ()  # "method:bits" quantized on the default model while the worker is idle
+    # torch threads of the worker process and of the server's transcriptions; None: torch's default (all cores,
+    # so the two compete). A heavy job and a visitor's transcription then never wait on each other's threads.
+    worker_threads: int | None = None
+    transcribe_threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
                      "kept_results", "kept_artifacts"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f"{name} must be positive, not {getattr(self, name)}.")
+        for name in ("worker_threads", "transcribe_threads"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 1:
+                raise PolicyError(f"{name} must be 1 or more, not {getattr(self, name)}.")
         for item in self.warm_up:
             method, _, bits = item.partition(":")
             if not method or not bits.isdigit():
@@ -82,13 +107,28 @@ class ServingPolicy:
         eval_dir = env.get("ASRQ_EVAL_DIR", "").strip() or None
         if eval_dir is not None and not os.path.isdir(eval_dir):
             raise PolicyError(f"ASRQ_EVAL_DIR={eval_dir!r} is not a folder.")
-        warm_up = {}
+        warm_up = _threads_from(env.get("ASRQ_THREADS", "") or ("split" if public else "shared"))
         if env.get("ASRQ_WARM_UP", "").strip():
             text = env["ASRQ_WARM_UP"].strip()
-            warm_up = {"warm_up": () if text.lower() == "none" else tuple(i.strip() for i in text.split(",") if i.strip())}
+            warm_up["warm_up"] = () if text.lower() == "none" else tuple(i.strip() for i in text.split(",") if i.strip())
         if public:
             return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
         return cls(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
+
+    @property
+    def thread_split(self) -> str:
+        """In words, for the log and the load test's table."""
+        if self.worker_threads is None and self.transcribe_threads is None:
+            return "shared (every core to both)"
+        return f"worker {self.worker_threads or 'all'} : transcription {self.transcribe_threads or 'all'} threads"
+
+    def apply_transcription_threads(self) -> None:
+        """Give this process (the server: its transcriptions) its share of the cores; the worker sets its own.
+        torch's thread count is per process, so the server's entry point calls this once at start."""
+        if self.transcribe_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.transcribe_threads)
 
     def with_changes(self, **changes) -> ServingPolicy:
         return replace(self, **changes)
@@ -109,3 +149,17 @@ class ServingPolicy:
     def load_model(self, name: str) -> LoadedModel:
         """The model loader under this policy: public servers read safetensors only, never pickle or local paths."""
         return load_model(self.check_model(name), safe_only=self.public)
+
+
+def _threads_from(text: str) -> dict:
+    """ASRQ_THREADS: "split" (this machine's cores in two), "shared", or "WORKER:TRANSCRIPTION"."""
+    text = text.strip().lower()
+    if text == "shared":
+        return {}
+    if text == "split":
+        worker, transcribe = split_threads(available_cores())
+        return {"worker_threads": worker, "transcribe_threads": transcribe}
+    worker, _, transcribe = text.partition(":")
+    if not (worker.isdigit() and transcribe.isdigit()):
+        raise PolicyError(f"ASRQ_THREADS must be 'split', 'shared' or two thread counts like 1:1, not {text!r}.")
+    return {"worker_threads": int(worker), "transcribe_threads": int(transcribe)}

@@ -3,7 +3,9 @@
 In a workshop most requests transcribe the same demo clips with the same few models, so each answer is
 kept by (audio content, model, run, decoding) and handed to the next visitor who asks for it without
 touching the model. Audio is keyed by its decoded samples, so the same clip uploaded under another name
-or served from gradio's cache is the same key.
+or served from gradio's cache is the same key. Requests that wait for the CPU while another runs are
+answered together: whoever gets the CPU next transcribes every waiting request for its model in one batch
+(up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model calls.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,21 +35,37 @@ class Transcript:
     shared: bool = False  # answered from the cache
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """One request waiting for the CPU; ``answer`` is set by whichever thread transcribes it."""
+
+    key: tuple[str, str, str]
+    loaded: LoadedModel
+    audio: np.ndarray
+    answer: Future = field(default_factory=Future)
+
+
 def audio_key(audio: np.ndarray) -> str:
     """A digest of the decoded samples (float32, 16 kHz mono)."""
     return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
 
 
 class TranscriptionDesk:
-    """At most ``capacity`` transcriptions running or waiting (one per session); ``kept`` answers shared."""
+    """At most ``capacity`` transcriptions running or waiting (one per session); ``kept`` answers shared;
+    waiting requests for one model answered ``max_batch`` at a time (1: one by one)."""
 
-    def __init__(self, capacity: int = 8, kept: int = 2048):
+    def __init__(self, capacity: int = 8, kept: int = 2048, max_batch: int = 4):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.admission = Admission(capacity, "transcription")
         self._kept = kept
+        self.max_batch = max_batch
         self._answers: OrderedDict[tuple[str, str, str], Transcript] = OrderedDict()
-        self._answers_lock = threading.Lock()
+        self._answers_lock = threading.Lock()  # guards _answers and _waiting
+        self._waiting: list[_Waiting] = []
         self._cpu = threading.Lock()  # one model call at a time: two would only share the same cores
         self.model_calls = 0
+        self.batch_sizes: list[int] = []  # of the last model calls (bounded), for the load test and checks
 
     @contextmanager
     def entered(self, session: str | None) -> Iterator[None]:
@@ -67,16 +86,46 @@ class TranscriptionDesk:
         found = self._shared(key)
         if found is not None:
             return found
-        with self._cpu:
-            found = self._shared(key)  # a visitor ahead in the line may have just asked the same
-            if found is not None:
-                return found
-            start = time.perf_counter()
-            text = transcribe(loaded, [audio])[0]
-            answer = Transcript(text, time.perf_counter() - start)
-            self.model_calls += 1
+        mine = _Waiting(key, loaded, audio)
         with self._answers_lock:
-            self._answers[key] = answer
+            self._waiting.append(mine)
+        with self._cpu:
+            if not mine.answer.done():  # not answered by the batch of a thread ahead in the line
+                self._run_batch(mine)
+        return mine.answer.result()
+
+    def _run_batch(self, mine: _Waiting) -> None:
+        """Under the CPU lock: answer ``mine`` and the other requests waiting for the same model, in one call."""
+        with self._answers_lock:
+            batch = [w for w in self._waiting if w.loaded is mine.loaded and w.key[1:] == mine.key[1:]]
+            batch = [mine] + [w for w in batch if w is not mine][: self.max_batch - 1]
+            for w in batch:
+                self._waiting.remove(w)
+        todo: dict[tuple[str, str, str], list[_Waiting]] = {}
+        for w in batch:
+            found = self._shared(w.key)  # answered since it asked (the same clip from another visitor)
+            if found is not None:
+                w.answer.set_result(found)
+            else:
+                todo.setdefault(w.key, []).append(w)
+        if not todo:
+            return
+        start = time.perf_counter()
+        try:
+            texts = transcribe(mine.loaded, [same[0].audio for same in todo.values()])
+        except Exception as exc:  # every request of the batch gets the failure, none waits forever
+            for same in todo.values():
+                for w in same:
+                    w.answer.set_exception(exc)
+            return
+        seconds = time.perf_counter() - start
+        self.model_calls += 1
+        self.batch_sizes = (self.batch_sizes + [len(todo)])[-1000:]
+        with self._answers_lock:
+            for (key, same), text in zip(todo.items(), texts):
+                answer = Transcript(text, seconds)
+                self._answers[key] = answer
+                for w in same:
+                    w.answer.set_result(answer)
             while len(self._answers) > self._kept:
                 self._answers.popitem(last=False)
-        return answer

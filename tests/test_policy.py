@@ -38,7 +38,24 @@ def test_warm_up_is_public_by_default_and_configurable():
     assert ServingPolicy.from_env({"ASRQ_WARM_UP": "gptq:3, rtn:4"}).warm_up == ("gptq:3", "rtn:4")
 
 
+def test_threads_are_split_in_public_mode_and_configurable(monkeypatch):
+    from serving.policy import split_threads
+
+    assert split_threads(1) == (1, 1) and split_threads(2) == (1, 1) and split_threads(5) == (2, 3)
+    monkeypatch.setattr("serving.policy.available_cores", lambda: 4)
+    public = ServingPolicy.from_env({"ASRQ_PUBLIC": "1"})
+    assert (public.worker_threads, public.transcribe_threads) == (2, 2)
+    private = ServingPolicy.from_env({})  # one person: a job may use every core
+    assert (private.worker_threads, private.transcribe_threads) == (None, None)
+    assert "shared" in private.thread_split
+    shared = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "shared"})
+    assert (shared.worker_threads, shared.transcribe_threads) == (None, None)
+    assert ServingPolicy.from_env({"ASRQ_THREADS": "1:3"}).thread_split == "worker 1 : transcription 3 threads"
+
+
 @pytest.mark.parametrize("env,message", [
+    ({"ASRQ_THREADS": "half"}, "ASRQ_THREADS must be"),
+    ({"ASRQ_THREADS": "0:2"}, "worker_threads must be 1 or more"),
     ({"ASRQ_PUBLIC": "maybe"}, "must be 1 or 0"),
     ({"ASRQ_ALLOWED_MODELS": "../weights"}, "not a hub id"),
     ({"ASRQ_ALLOWED_MODELS": "/abs/path"}, "not a hub id"),

@@ -87,3 +87,27 @@ def test_a_shared_transcript_is_answered_without_the_model(tiny):
     assert desk.model_calls == 1 and again.shared and not first.shared and again.text == first.text
     other = desk.transcribe(tiny, "tiny.en/abcdef012345", audio)  # another run never shares the answer
     assert desk.model_calls == 2 and not other.shared
+
+
+@pytest.mark.slow
+def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
+    from engine.audio import load_audio
+    from engine.samples import sample_clips
+
+    audios = [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:3]
+    alone = [TranscriptionDesk(max_batch=1).transcribe(tiny, "tiny.en", a).text for a in audios]
+    desk = TranscriptionDesk(max_batch=4)
+    answers: dict[int, str] = {}
+    with desk._cpu:  # a transcription is running: the three requests queue behind it
+        threads = [threading.Thread(target=lambda i=i: answers.update({i: desk.transcribe(tiny, "tiny.en",
+                                                                                          audios[i]).text}))
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(desk._waiting) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=120)
+    assert desk.model_calls == 1 and desk.batch_sizes == [3]
+    assert [answers[i] for i in range(3)] == alone  # batched greedy decoding gives each clip its own transcript

@@ -126,8 +126,12 @@ def launch_options(explorer: Explorer) -> dict:
 
 def launch(host: str | None = None, port: int | None = None) -> None:
     limit_malloc_arenas()  # before gradio starts its threads: memory stays flat over a long workshop
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     explorer = Explorer()
-    logging.getLogger(__name__).info("serving in %s mode", explorer.policy.mode)
+    explorer.policy.apply_transcription_threads()
+    logging.getLogger(__name__).info("serving in %s mode; threads: %s", explorer.policy.mode,
+                                     explorer.policy.thread_split)
     threading.Thread(target=explorer.warm_up_transcripts, name="asrq-warm-up", daemon=True).start()
     explorer.start_warm_up()  # idle-time quantizations in the worker (public mode by default; ASRQ_WARM_UP)
     build_app(explorer).launch(

@@ -32,7 +32,7 @@ from serving.model_cache import ModelCache
 from serving.policy import ServingPolicy
 from serving.results import ResultStore
 from serving.transcription import TranscriptionDesk, audio_key
-from serving.worker import JobCancelled
+from serving.worker import JobCancelled, Worker
 from ui import plots
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Explorer:
     def __post_init__(self) -> None:
         if self.models is None:
             self.models = ModelCache(capacity=self.policy.kept_models, loader=self.policy.load_model)
-        self.jobs = self.jobs or JobQueue(self.policy.max_waiting_jobs)
+        self.jobs = self.jobs or JobQueue(self.policy.max_waiting_jobs, Worker(threads=self.policy.worker_threads))
         self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
                                                    self.policy.kept_artifacts)
         self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS)

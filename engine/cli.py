@@ -1,4 +1,4 @@
-"""The ``asrq`` command line: models, transcribe, eval, quantize, export, personalize, record, serve.
+"""The ``asrq`` command line: models, transcribe, eval, quantize, export, personalize, sweep, record, serve.
 
 Problems the user can fix print one sentence to stderr and exit with status 2.
 """
@@ -412,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapters", help="adapters folder (default: ~/.local/share/asrq/adapters, ASRQ_DATA_DIR)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_personalize)
+
+    from engine.sweep.command import add_sweep_parser
+
+    add_sweep_parser(sub)
 
     p = sub.add_parser("methods", help="list the quantization methods")
     p.set_defaults(func=_cmd_methods)

@@ -97,7 +97,7 @@ def explorer(tmp_path_factory, tiny):
     import os
 
     os.environ.setdefault("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))
-    from serving.history import RunHistory
+    from engine.run_history import RunHistory
     from serving.model_cache import ModelCache
     from ui.handlers import Explorer
 

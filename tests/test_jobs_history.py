@@ -12,7 +12,7 @@ import time
 import pytest
 
 from engine.artifacts import WEIGHTS_FILE
-from serving.history import RunHistory
+from engine.run_history import RunHistory
 from serving.job_queue import JobQueue
 from serving.policy import BusyError
 from serving.tasks import run_id_of

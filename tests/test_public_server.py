@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from gradio_client import Client, handle_file
 
-from serving.history import RunHistory
+from engine.run_history import RunHistory
 from serving.policy import ServingPolicy
 from engine.samples import sample_clips
 from ui.app import build_app, launch_options

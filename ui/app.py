@@ -13,7 +13,7 @@ from engine.layer_table import PRESETS
 from engine.methods import METHODS
 from engine.models import DEFAULT_MODEL, available_models
 from serving.memory import limit_malloc_arenas
-from ui.handlers import HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
+from ui.handlers import ALL, HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
 
 INTRO = """# ASR Quantization Explorer
 Squeeze Whisper into fewer bits and hear what it costs. **1.** Pick a method and bits, press **Quantize**.
@@ -65,7 +65,11 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         with gr.Row():
             size_plot = gr.Plot(label="Size", elem_id="size-plot")
             latency_plot = gr.Plot(label="Latency", elem_id="latency-plot")
-        with gr.Accordion("History: every finished run, and the size / latency / WER trade-off", open=True):
+        with gr.Accordion("History: every finished run (this page's and `asrq sweep`'s), and the size / latency / "
+                          "WER trade-off", open=True):
+            with gr.Row():
+                filters = [gr.Dropdown([ALL], value=ALL, label=label, elem_id=f"history-{name}", scale=1)
+                           for name, label in (("model", "Model"), ("method", "Method"), ("source", "From (page or a sweep)"))]
             pareto_plot = gr.Plot(label="Pareto", elem_id="pareto-plot")
             history = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history", max_height=260)
 
@@ -97,11 +101,14 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         demo.load(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
         for trigger in (reset.click, bits.change, group_size.change, model.change, preset.change):
             trigger(explorer.layer_rows, inputs=table_inputs, outputs=table, api_visibility="private")
-        demo.load(explorer.history_view, outputs=[history, pareto_plot], api_visibility="private")
+        history_outputs = [history, pareto_plot, *filters]
+        demo.load(explorer.history_view, inputs=filters, outputs=history_outputs, api_visibility="private")
+        for dropdown in filters:
+            dropdown.input(explorer.history_view, inputs=filters, outputs=history_outputs, api_visibility="private")
         quantize_btn.click(explorer.quantize_model, inputs=[model, method, bits, group_size, alpha, seed, table, eval_dir],
-                           outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, history, pareto_plot,
-                                    download],
-                           api_visibility="private", concurrency_id="quantize", concurrency_limit=None)
+                           outputs=[run_id, status, error_plot, alpha_plot, size_plot, latency_plot, download],
+                           api_visibility="private", concurrency_id="quantize", concurrency_limit=None
+                           ).then(explorer.history_view, inputs=filters, outputs=history_outputs, api_visibility="private")
         # Cancel must never wait behind the job it cancels: its own unlimited concurrency group.
         cancel_btn.click(explorer.cancel, outputs=status, api_visibility="private", concurrency_id="cancel",
                          concurrency_limit=None)

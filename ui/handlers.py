@@ -26,7 +26,7 @@ from engine.paths import data_dir
 from engine.samples import SampleClip, sample_clips
 from engine.size import SizeReport
 from engine.textdiff import word_diff
-from serving.history import RunHistory
+from engine.run_history import RunHistory
 from serving.job_queue import JobQueue
 from serving.model_cache import ModelCache
 from serving.policy import ServingPolicy
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 PROMPTS = 6  # sentences offered for personalisation
 TABLE_COLUMNS = ["name", "part", "kind", "shape", "bits", "group_size", "alpha", "action"]
 HISTORY_COLUMNS = ["finished", "model", "method", "bits", "group", "layers", "seed", "size MB", "WER %", "scored on",
-                   "RTF (real runtime)", "run id"]
+                   "RTF (real runtime)", "from", "run id"]
+ALL = "all"  # the history filters' choice that keeps every row
 WAITING_TRANSCRIPTIONS = 8  # transcriptions running or waiting before "busy" (each takes a second or two)
 
 
@@ -209,7 +210,8 @@ class Explorer:
 
     def quantize_model(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
                        rows=None, eval_dir: str | None = None, request: gr.Request = None, progress=gr.Progress()):
-        """The Quantize button: run id, status, the three figures, the latency gauge, history and Pareto."""
+        """The Quantize button: run id, status, the three figures, the latency gauge and the download (the
+        history and Pareto refresh after it, with the page's filters)."""
         session = getattr(request, "session_hash", None)
         try:
             overrides = self._changed_rows(model_name, bits, group_size, rows)
@@ -217,11 +219,11 @@ class Explorer:
             progress(0.0, desc="starting")
             run_id, summary = self._run_quantize(job, session, lambda f, msg: progress(f, desc=msg))
         except JobCancelled:
-            return (gr.update(), "**Cancelled.** Press Quantize to start again.", *[gr.update()] * 7)
+            return (gr.update(), "**Cancelled.** Press Quantize to start again.", *[gr.update()] * 5)
         except UserError as exc:
             # One sentence in the status line and a toast; the previous result stays on the page.
             gr.Warning(str(exc))
-            return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 7)
+            return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 5)
         records = [LayerRecord(**r) for r in summary["layer_records"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
         # The other runs still in memory, most recent first, overlaid for comparison.
@@ -232,7 +234,7 @@ class Explorer:
                 plots.alpha_and_bits(records),
                 plots.size_gauge(self._size(summary)),
                 plots.latency_gauge(summary.get("real_latency"), summary.get("real_latency_fp32")),
-                *self.history_view(), self._download(summary))
+                self._download(summary))
 
     @staticmethod
     def _download(summary: dict):
@@ -254,14 +256,21 @@ class Explorer:
             return "Cancelling: the worker process is stopped and the next job starts a fresh one."
         return "Nothing of yours is running or waiting."
 
-    def history_view(self) -> tuple[list[list], object]:
-        runs = self.history.runs(limit=200)
+    def history_view(self, model: str = ALL, method: str = ALL, source: str = ALL) -> tuple:
+        """The history table and Pareto of the runs that pass the filters (the page's and `asrq sweep`'s), and the
+        filters' choices: every model, method and source in the history."""
+        where = {k: None if v in (ALL, None, "") else v for k, v in
+                 (("model", model), ("method", method), ("source", source))}
+        runs = self.history.runs(limit=500, **where)
         rows = [[time.strftime("%H:%M:%S", time.localtime(r["finished"])), r["model"], r["method"], r["bits"],
                  r["group_size"], r["layers_key"] or "preset", r["seed"], round(r["size_bytes"] / 1e6, 2),
                  None if r["demo_wer"] is None else round(100 * r["demo_wer"], 1),
                  r["eval_set"] or "10 synthetic demo clips, 1 voice",
-                 "fake quant" if r.get("real_rtf") is None else round(r["real_rtf"], 3), r["run_id"]] for r in runs]
-        return rows, plots.pareto(runs)
+                 "fake quant" if r.get("real_rtf") is None else round(r["real_rtf"], 3), r["source"], r["run_id"]]
+                for r in runs]
+        choices = [gr.update(choices=[ALL, *self.history.distinct(column)], value=value or ALL)
+                   for column, value in (("model", model), ("method", method), ("source", source))]
+        return rows, plots.pareto(runs), *choices
 
     def api_quantize(self, model: str = "tiny.en", method: str = "fade", bits: int = 4, group_size: int = 64,
                      alpha: float = 0.75, seed: int = 0, layers_json: str = "", eval_dir: str = "",

@@ -99,20 +99,23 @@ def _grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     """Runs that differ only in the calibration seed form one point (mean, with the seeds' spread)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["model"], r["method"], r["bits"], r["group_size"], r.get("layers_key", "")), []).append(r)
+        groups.setdefault((r["model"], r["method"], r["bits"], r["group_size"], r.get("layers_key") or "",
+                           r.get("eval_set") or ""), []).append(r)
     return groups
 
 
 def pareto(runs: list[dict]) -> go.Figure:
-    """Size vs WER and latency vs WER of every finished run (demo clips), seeds as error bars."""
+    """Size vs WER and latency vs WER of every finished run (each on its evaluation set), seeds as error bars."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Size vs WER", "Latency vs WER"), horizontal_spacing=0.12)
-    for (model, method, bits, group, layers), rs in sorted(_grouped(runs).items(), key=lambda kv: str(kv[0])):
+    many_sets = len({r.get("eval_set") for r in runs}) > 1
+    for (model, method, bits, group, layers, scored), rs in sorted(_grouped(runs).items(), key=lambda kv: str(kv[0])):
         wers = [100 * r["demo_wer"] for r in rs]
         mean = sum(wers) / len(wers)
         std = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0.0
         name = f"{model} {method} {bits}b g{group}{' ' + layers if layers else ''} ({len(rs)} seed{'s' * (len(rs) > 1)})"
+        name += f" on {scored}" if many_sets else ""
         size = sum(r["size_bytes"] for r in rs) / len(rs) / 1e6
         timed = [r["real_rtf"] for r in rs if r.get("real_rtf") is not None]
         common = dict(mode="markers", name=name, error_y=dict(type="data", array=[std], visible=True),
@@ -125,12 +128,14 @@ def pareto(runs: list[dict]) -> go.Figure:
     if not runs:
         fig.add_annotation(text="No finished runs yet: press Quantize", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font=dict(size=16))
-    else:
-        fp32 = runs[0]
-        fig.add_trace(go.Scatter(x=[fp32["fp32_size_bytes"] / 1e6], y=[100 * fp32["demo_wer_fp32"]], mode="markers",
-                                 name="fp32", marker=dict(symbol="star", size=14, color="black")), row=1, col=1)
+    # Each model's full precision on each evaluation set (a sweep's clips and the page's differ).
+    references = {(r["model"], r.get("eval_set")): r for r in runs if r.get("demo_wer_fp32") is not None}
+    for (model, scored), r in sorted(references.items(), key=str):
+        name = f"{model} fp32" + (f" on {scored}" if many_sets else "")
+        fig.add_trace(go.Scatter(x=[r["fp32_size_bytes"] / 1e6], y=[100 * r["demo_wer_fp32"]], mode="markers",
+                                 name=name, marker=dict(symbol="star", size=14)), row=1, col=1)
     fig.update_xaxes(title_text="size (MB)", row=1, col=1)
     fig.update_xaxes(title_text="real-time factor on a real runtime (hover: which)", row=1, col=2)
-    fig.update_yaxes(title_text="WER on the page's evaluation set (%)", row=1, col=1)
+    fig.update_yaxes(title_text="WER on the run's evaluation set (%)", row=1, col=1)
     fig.update_layout(height=HEIGHT + 60, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.25))
     return fig

@@ -7,6 +7,8 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
     python -m bench.quant_memory [--methods fade gptq qep rtn] [--bits 4 3]
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 8 --seeds 0 1 2 --wer --out pass_speed \
         --baseline ../base   # a checkout of an earlier commit, timed in turn with these rows (seed 0, its own pass)
+    python -m bench.quant_memory --models base small --methods fp32 fade --bits 4 --pad-strides 1 --wer \
+        --out bigger_models  # the optional extras (pip install '.[base,small]'); fp32: load and score only
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bench.common import write_results
 TEST_SET = "librispeech-test-other"
 
 
-def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool) -> dict:
+def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en") -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
     from engine.evaluate import evaluate, load_dataset
@@ -33,40 +35,45 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool) -> dict
     from engine.quantize import quantize
 
     start = time.perf_counter()
-    loaded = load_model("tiny.en")
+    loaded = load_model(model)
+    test_set = load_dataset(speech(TEST_SET))
+    row = {"model": model, "method": method, "bits": bits, "pad_stride": pad_stride, "seed": seed}
+    if method == "fp32":  # the model as loaded: its memory and its own WER, the reference of the rows beside it
+        row.update(quant_seconds=0.0, process_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
+        if wer:
+            row["wer"] = evaluate(loaded, test_set).wer
+        return row
     config = make_config(method, bits=bits, group_size=64)
     calibration = None
-    test_set = load_dataset(speech(TEST_SET))
     if get_method(method).uses_calibration(config):
         calibration = build_calibration(loaded, calibration_clips([speech(n) for n in REAL_CALIBRATION], N_CALIB,
                                                                   seed, test_set))
     result = quantize(loaded, config, calibration, pad_stride=pad_stride)
-    row = {"method": method, "bits": bits, "pad_stride": pad_stride, "seed": seed, "quant_seconds": result.seconds,
-           "process_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+    row.update(quant_seconds=result.seconds, process_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
     if wer:  # after the peak is read: the score is not part of the quantization's memory
         row["wer"] = evaluate(result.loaded, test_set).wer
     return row
 
 
 def markdown(rows: list[dict], with_wer: bool) -> str:
-    lines = ["# Quantization time and peak memory, tiny.en, 32 real calibration clips, group size 64", "",
-             "Each row is a fresh process: model + calibration audio + the pass. Target for FADE: < 60 s, < 3 GB.",
+    lines = ["# Quantization time and peak memory, 32 real calibration clips, group size 64", "",
+             "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass).",
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).", ""]
-    head = "| method | bits | pad stride | seed | quantize s | process peak RSS MB |"
+    head = "| model | method | bits | pad stride | seed | quantize s | process peak RSS MB |"
     lines += [head + (" WER % (50 test-other clips) |" if with_wer else ""),
-              "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if with_wer else "")]
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if with_wer else "")]
     for r in rows:
-        line = (f"| {r['method']} | {r['bits']} | {r['pad_stride']} | {r['seed']} | {r['quant_seconds']:.1f} "
-                f"| {r['peak_rss_mb']:.0f} |")
+        line = (f"| {r.get('model', 'tiny.en')} | {r['method']} | {r['bits']} | {r['pad_stride']} | {r['seed']} "
+                f"| {r['quant_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
         lines.append(line + (f" {100 * r['wer']:.2f} |" if with_wer and "wer" in r else " |" if with_wer else ""))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["bits"], r["pad_stride"]), []).append(r)
+        groups.setdefault((r.get("model", "tiny.en"), r["method"], r["bits"], r["pad_stride"]), []).append(r)
     if any(len(g) > 1 for g in groups.values()):
         lines += ["", "Over the seeds (mean ± sample std):", ""]
-        for (method, bits, stride), group in groups.items():
+        for (model, method, bits, stride), group in groups.items():
             times = [r["quant_seconds"] for r in group]
-            text = f"- {method} {bits}-bit, pad stride {stride}: {statistics.mean(times):.1f} s"
+            text = f"- {model} {method} {bits}-bit, pad stride {stride}: {statistics.mean(times):.1f} s"
             if with_wer and len(group) > 1 and all("wer" in r for r in group):
                 wers = [100 * r["wer"] for r in group]
                 text += f", WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f} %"
@@ -76,7 +83,9 @@ def markdown(rows: list[dict], with_wer: bool) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "qep", "fade"])
+    parser.add_argument("--models", nargs="+", default=["tiny.en"])
+    parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "qep", "fade"],
+                        help="methods, or fp32 for the model alone")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     parser.add_argument("--pad-strides", type=int, nargs="+", default=[8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -84,10 +93,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="quant_memory", help="results name under bench/results")
     parser.add_argument("--baseline", help="checkout of an earlier commit whose pass is timed between these rows")
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "BITS", "PAD_STRIDE", "SEED"))
+    parser.add_argument("--model", default="tiny.en", help="the child's model")
     args = parser.parse_args(argv)
     if args.child:
         method, bits, stride, seed = args.child
-        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer)))
+        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer, args.model)))
         return {}
     rows = []
 
@@ -98,13 +108,15 @@ def main(argv=None) -> dict:
         write_results(args.out, {"rows": rows, "baseline": baseline}, markdown(rows, args.wer))  # partial runs kept
 
     baseline = _commit_of(args.baseline) if args.baseline else None
-    for bits in args.bits:
-        for method in args.methods:
-            for seed in args.seeds:  # seeds outermost: a slow spell of a shared machine hits every variant alike
-                if args.baseline:  # its own child interface (method, bits): seed 0, every padding frame
-                    run([method, str(bits)], cwd=args.baseline, pad_stride=f"1 ({baseline})", seed=0)
-                for stride in args.pad_strides:
-                    run([method, str(bits), str(stride), str(seed)] + (["--wer"] if args.wer else []))
+    for model in args.models:
+        for bits in args.bits:
+            for method in args.methods:
+                for seed in args.seeds:  # seeds outermost: a slow spell of a shared machine hits every variant alike
+                    if args.baseline:  # its own child interface (method, bits): seed 0, every padding frame
+                        run([method, str(bits)], cwd=args.baseline, pad_stride=f"1 ({baseline})", seed=0)
+                    for stride in args.pad_strides:
+                        run([method, str(bits), str(stride), str(seed), "--model", model]
+                            + (["--wer"] if args.wer else []))
     return {"rows": rows}
 
 

@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[base,small]'  # the bigger-model rows
 	$(PY) -m bench.run_all
 
 sample-audio: $(STAMP)

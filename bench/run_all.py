@@ -9,7 +9,8 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import batching, deployment, foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory
+from bench import (batching, deployment, foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory,
+                   sweep_speed)
 from bench.common import REPO
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
@@ -49,6 +50,10 @@ HELDOUT_ROWS = ("faster-whisper int8", "whisper.cpp f16", "own q4_0", "own q4_1"
 PASS_SPEED_RUN = ["--methods", "fade", "--bits", "4", "--pad-strides", "1", "8", "--seeds", "0", "1", "2", "--wer",
                   "--out", "pass_speed"]
 BASELINE = REPO.parent / "base"
+# The optional bigger models (make bench installs the base and small extras): FADE 4-bit time, peak memory and
+# WER, beside each model alone (its memory and its own WER).
+BIGGER_MODELS_RUN = ["--models", "base", "small", "--methods", "fp32", "fade", "--bits", "4", "--pad-strides", "1",
+                     "--wer", "--out", "bigger_models"]
 
 
 def main() -> None:
@@ -70,6 +75,8 @@ def main() -> None:
         methods.main(["--out", "grids", "--group-size", "32", *args])
     for args in DECODING_RUNS:
         methods.main(["--out", "decoding", "--fallback", *args])
+    quant_memory.main(BIGGER_MODELS_RUN)
+    sweep_speed.main([])  # the same 8-point grid in-process and on local Ray
     personalization.main([])
     fuzz_audio.main([])
     batching.main([])

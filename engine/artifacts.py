@@ -34,7 +34,6 @@ from engine.activation_quant import attach_input_quantizers
 from engine.codebook import CodebookTensor
 from engine.errors import UserError
 from engine.formats import QuantizedTensor
-from engine.layer_table import LayerSpec
 from engine.models import LoadedModel
 from engine.quantize import QuantizationResult
 from engine.size import unique_parameters, weight_storage
@@ -216,6 +215,3 @@ def weights_from(meta: dict, tensors: dict[str, np.ndarray], model) -> dict:
         out[name] = WEIGHT_KINDS[desc["kind"]].from_arrays(arrays, desc)
     return out
 
-
-def table_from_metadata(meta: dict) -> list[LayerSpec]:
-    return [LayerSpec(**row) for row in meta["layers"]]

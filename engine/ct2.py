@@ -10,7 +10,6 @@ Strings are a uint16 length (including a trailing NUL), the bytes, and the NUL.
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 from dataclasses import dataclass
@@ -238,8 +237,3 @@ def to_transformers_state_dict(model: CT2Model) -> dict[str, torch.Tensor]:
         _layer_norm(model, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm", sd)
     return sd
 
-
-def read_ct2_config(folder: Path) -> dict:
-    """The model folder's config.json (suppress lists, language ids, alignment heads)."""
-    path = folder / "config.json"
-    return json.loads(path.read_text()) if path.exists() else {}

@@ -310,7 +310,14 @@ def load_model(name: str = DEFAULT_MODEL, safe_only: bool = False) -> LoadedMode
     safe_only (public servers, see serving/policy.py): registry names and hub ids only, no local paths,
     safetensors only. Raises ModelUnavailableError with one sentence when the model cannot be had.
     """
-    torch.manual_seed(0)
+    # Building a model draws random initial weights (then overwritten): seeded for repeatability, in a fork of
+    # the random state so that loading never reseeds the caller's.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _load(name, safe_only)
+
+
+def _load(name: str, safe_only: bool) -> LoadedModel:
     if name in REGISTRY:
         return _load_registry(REGISTRY[name])
     if safe_only:

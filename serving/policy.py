@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from engine.errors import ModelUnavailableError, UserError
 from engine.models import REGISTRY, LoadedModel, load_model
@@ -129,9 +129,6 @@ class ServingPolicy:
             import torch
 
             torch.set_num_threads(self.transcribe_threads)
-
-    def with_changes(self, **changes) -> ServingPolicy:
-        return replace(self, **changes)
 
     @property
     def mode(self) -> str:

@@ -89,3 +89,14 @@ def test_multilingual_base_from_split_packages_when_installed():
     assert base.tokens.is_multilingual and "<|en|>" in base.tokens.language_ids
     text = transcribe(base, [load_audio(speech_dir("jfk") / "jfk.flac")])[0].lower()
     assert "ask not what your country can do for you" in text.replace(",", "")
+
+
+def test_loading_a_model_leaves_the_callers_random_state_alone(tiny):
+    import torch
+
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    loaded = load_model("tiny.en")  # from the conversion cache: still builds the module, which draws weights
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), tiny.model.state_dict().values()))

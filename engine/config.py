@@ -7,6 +7,7 @@ engine/methods maps a method name to its config class and implementation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 from engine.errors import UserError
 from engine.layer_table import ALLOWED_BITS
@@ -36,8 +37,17 @@ class QuantConfig:
     quantize_output: bool = False
 
     method = "base"
+    # Shared fields this method has no use for: setting one is refused instead of silently ignored.
+    IGNORED: ClassVar[tuple[str, ...]] = ()
+
+    def _refuse_ignored(self) -> None:
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in self.IGNORED:
+            _check(getattr(self, name) == defaults[name],
+                   f"{self.method} has no {name.replace('_', ' ')} setting (it does not use an integer grid).")
 
     def __post_init__(self) -> None:
+        self._refuse_ignored()
         _check(self.bits in INT_BITS, f"bits must be one of {', '.join(map(str, INT_BITS))}, not {self.bits}.")
         _check(self.group_size == -1 or self.group_size > 0, f"group size must be -1 or positive, not {self.group_size}.")
         _check(not (self.symmetric and self.integer_zero),
@@ -122,6 +132,7 @@ class NF4Config(QuantConfig):
     double_quant: bool = True  # int8 block scales in groups of 256 (~4.127 instead of 4.5 bits per weight)
 
     method = "nf4"
+    IGNORED = ("symmetric", "clip_search", "integer_zero")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,8 +174,10 @@ class GQConfig(QuantConfig):
     distill_batch: int = 4  # calibration clips per step
 
     method = "gq"
+    IGNORED = ("symmetric", "clip_search", "integer_zero")
 
     def __post_init__(self) -> None:
+        self._refuse_ignored()
         _check(self.bits in ALLOWED_BITS, f"bits must be one of {', '.join(map(str, ALLOWED_BITS))}, not {self.bits}.")
         _check(self.group_size == -1 or self.group_size > 0, f"group size must be -1 or positive, not {self.group_size}.")
         _check(self.mu > 0, f"mu must be positive, not {self.mu}.")

@@ -163,6 +163,13 @@ def test_registry_and_config_validation():
         QEPConfig(alpha=1.5)
     with pytest.raises(ConfigError, match="bits"):
         GPTQConfig(bits=7)
+    # Codebook formats have no integer grid: its settings are refused, not silently ignored.
+    for method, bits in (("nf4", 4), ("gq", 2)):
+        for setting in ("symmetric", "clip_search", "integer_zero"):
+            with pytest.raises(ConfigError, match=f"{method} has no {setting.replace('_', ' ')} setting"):
+                make_config(method, bits=bits, **{setting: True})
+        assert make_config(method, bits=bits, symmetric=False).symmetric is False  # the default is accepted
+    assert make_config("rtn", symmetric=True).symmetric and make_config("w8a8").symmetric
 
 
 def test_calibration_halves_are_speaker_disjoint_when_speakers_differ():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,6 @@ import soundfile as sf
 import soxr
 
 from engine.errors import AudioError
-
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000  # Whisper's input rate
 SILENCE_PEAK = 1e-4  # below -80 dBFS the clip holds nothing to transcribe

@@ -15,7 +15,6 @@ encoder_block_stages): no group re-runs the parts of the block before it.
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +26,7 @@ from engine.audio import SAMPLE_RATE
 from engine.layer_table import OUTPUT_LAYER, linear_layers
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
-
-log = logging.getLogger(__name__)
+from engine.progress import ProgressFn
 
 ENCODER_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
                   ("fc1",), ("fc2",))
@@ -211,7 +209,7 @@ class TwoStreamPass:
     """Drives the sequential pass; ``on_group(part, block, layers, stats)`` quantizes a group in place."""
 
     def __init__(self, loaded: LoadedModel, data: CalibrationData, batch_size: int = 8,
-                 progress: Callable[[float, str], None] | None = None, output_layer: bool = False,
+                 progress: ProgressFn | None = None, output_layer: bool = False,
                  pad_stride: int = PAD_STRIDE):
         if pad_stride < 1:
             raise ValueError(f"pad_stride must be 1 or more, not {pad_stride}")

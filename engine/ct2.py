@@ -10,7 +10,6 @@ Strings are a uint16 length (including a trailing NUL), the bytes, and the NUL.
 
 from __future__ import annotations
 
-import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,6 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 # CTranslate2 dtype codes -> numpy dtypes; bf16 is read as raw uint16 and widened.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}

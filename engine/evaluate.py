@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import logging
 import random
 import re
 import statistics
@@ -19,12 +18,10 @@ from whisper_normalizer.english import EnglishTextNormalizer
 from engine.audio import SAMPLE_RATE, load_audio
 from engine.errors import DatasetError
 from engine.models import LoadedModel
+from engine.progress import ProgressFn
 from engine.transcribe import transcribe
 
-log = logging.getLogger(__name__)
-
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-ProgressFn = Callable[[float, str], None]
 
 
 LIBRISPEECH_ID = re.compile(r"^(\d+)-\d+-\d+$")  # speaker-chapter-utterance

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +18,10 @@ from engine.intervals import describe_delta, paired_delta, wer_interval
 from engine.layer_table import LayerSpec
 from engine.methods import get_method
 from engine.models import LoadedModel
+from engine.progress import ProgressFn
 from engine.quantize import QuantizationResult, quantize
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[float, str], None]
 
 
 def calibration_clips(folders: str | Path | Sequence[str | Path], n_clips: int, seed: int,

@@ -10,7 +10,6 @@ Which layers run on a real kernel is reported, never assumed.
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 from dataclasses import replace
 
@@ -22,8 +21,6 @@ from engine.formats import QuantizedTensor
 from engine.layer_table import linear_layers
 from engine.models import LoadedModel
 from engine.quantize import QuantizationResult
-
-log = logging.getLogger(__name__)
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 INT4_INNER_K_TILES = 2

@@ -33,9 +33,9 @@ from engine.audio import SAMPLE_RATE
 from engine.errors import UserError
 from engine.models import LoadedModel
 from engine.paths import data_dir
+from engine.progress import ProgressFn
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[float, str], None]
 
 ADAPTER_KIND, ADAPTER_VERSION, ADAPTER_META = "asrq-speaker-adapter", 1, "asrq-adapter.json"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # attention (self and cross) and FFN

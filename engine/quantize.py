@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -24,11 +23,11 @@ from engine.layer_table import OUTPUT_LAYER, LayerSpec, build_table, table_layer
 from engine.methods import QuantizedWeight, get_method
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
+from engine.progress import ProgressFn
 from engine.size import SizeReport, size_report, weight_storage
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 
 
 def branch_of(layer_name: str) -> str:

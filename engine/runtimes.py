@@ -7,7 +7,6 @@ path only (a bare model name would make pywhispercpp download one).
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ from engine.ggml_lib import GgmlType
 from engine.layer_table import OUTPUT_LAYER
 from engine.models import LoadedModel
 from engine.transcribe import transcribe
-
-log = logging.getLogger(__name__)
 
 
 class RuntimeUnavailableError(UserError):

@@ -7,19 +7,16 @@ decoded again at the next temperature, sampling, seeded so that the same model g
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from engine.audio import SAMPLE_RATE
 from engine.models import LoadedModel
-
-log = logging.getLogger(__name__)
+from engine.progress import ProgressFn
 
 CHUNK_SECONDS = 30  # Whisper's fixed input window
-ProgressFn = Callable[[float, str], None]
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper's schedule
 # transformers measures the zlib compression ratio on the tokens, not on the text: its documented
 # counterpart of openai-whisper's 2.4 is 1.35.

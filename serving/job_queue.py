@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.errors import UserError
-from engine.quantize import ProgressFn
+from engine.progress import ProgressFn
 from serving.admission import refusal
 from serving.policy import BusyError
 from serving.tasks import TASKS

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import logging
-
-log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # mallopt parameter number in glibc's malloc.h
 

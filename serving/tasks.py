@@ -28,7 +28,8 @@ from engine.latency import fastest_real_runtime, runnable_runtimes
 from engine.layer_table import apply_overrides, build_table
 from engine.methods import get_method, make_config
 from engine.models import load_model
-from engine.quantize import ProgressFn, quantize
+from engine.progress import ProgressFn
+from engine.quantize import quantize
 from engine.runtimes import ModelToRun
 from engine.samples import SAMPLE_DIR, EvalSet, eval_set
 from serving.model_cache import ModelCache

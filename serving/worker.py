@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.quantize import ProgressFn
+from engine.progress import ProgressFn
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2  # how often a waiting run checks for a cancel, a timeout or a dead process

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from engine.codebook import CodebookTensor, block_view, codebook_quantize, nearest_level
+from engine.progress import ProgressFn
 
 if TYPE_CHECKING:  # annotations only: engine.calibration imports the method registry
     from engine.calibration import CalibrationData
@@ -93,7 +93,7 @@ def next_token_targets(calibration: CalibrationData, pad_token: int) -> tuple[to
 
 def distill_codebooks(student: nn.Module, teacher: nn.Module, calibration: CalibrationData,
                       layers: dict[str, TrainableCodebook], settings: DistillSettings, pad_token: int,
-                      progress: Callable[[float, str], None] | None = None) -> dict[str, CodebookTensor]:
+                      progress: ProgressFn | None = None) -> dict[str, CodebookTensor]:
     """Train ``layers`` (module name -> state) of ``student`` to match ``teacher``; returns the new codes.
 
     The student's own weights of those layers are overwritten with the result; everything else is frozen.

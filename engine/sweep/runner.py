@@ -48,7 +48,7 @@ class SweepState:
         return per_point * (self.left + self.running)
 
 
-ProgressFn = Callable[[SweepState], None]
+SweepProgressFn = Callable[[SweepState], None]
 
 
 def _failed(point: Point, reason: str) -> dict:
@@ -150,7 +150,7 @@ class SweepOutcome:
 
 
 def run_sweep(grid: Grid, folder: str | Path, executor: InProcess | RayTasks, history: RunHistory | None = None,
-              progress: ProgressFn | None = None) -> SweepOutcome:
+              progress: SweepProgressFn | None = None) -> SweepOutcome:
     """Run every point of the grid not yet finished in folder; record each as it finishes (points.jsonl, then
     the history once its baseline is known); write results.json and results.csv at the end."""
     start = time.monotonic()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.formats import pack_codes, unpack_codes
+from engine.formats import block_view, pack_codes, unpack_codes
 
 # The 16 NormalFloat-4 levels of QLoRA (Dettmers et al. 2023), exactly as bitsandbytes ships them.
 NF4_LEVELS = (
@@ -30,15 +30,6 @@ NF4_LEVELS = (
 )
 DQ_BLOCK = 256  # scales per double-quantization group (QLoRA)
 _SCALE_BYTES = {"float32": 4, "float16": 2}
-
-
-def block_view(w: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(out, in) -> (out * blocks, block): one row per scaling block."""
-    out_features, in_features = w.shape
-    size = in_features if block_size == -1 else block_size
-    if in_features % size:
-        raise ValueError(f"block size {block_size} does not divide the {in_features} input features")
-    return w.reshape(out_features * (in_features // size), size)
 
 
 def absmax_scales(blocks: torch.Tensor, scale_dtype: str) -> torch.Tensor:

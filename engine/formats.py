@@ -114,12 +114,19 @@ def round_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq
     return dequantize_codes(quantize_to_codes(w, scale, zero, maxq), scale, zero)
 
 
+def block_view(w: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(out, in) -> (out * blocks, block): one row per block of block_size input columns (-1: the whole row)."""
+    out_features, in_features = w.shape
+    size = in_features if block_size == -1 else block_size
+    if in_features % size:
+        raise ValueError(f"block size {block_size} does not divide the {in_features} input features")
+    return w.reshape(out_features * (in_features // size), size)
+
+
 def group_view(w: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
     """(out, in) -> (out * groups, group_size): one row per quantization group."""
-    out_features, in_features = w.shape
-    fmt.check_shape(in_features)
-    size = in_features if fmt.group_size == -1 else fmt.group_size
-    return w.reshape(out_features * (in_features // size), size)
+    fmt.check_shape(w.shape[1])
+    return block_view(w, fmt.group_size)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from engine.codebook import CodebookTensor, block_view, codebook_quantize, nearest_level
+from engine.codebook import CodebookTensor, codebook_quantize, nearest_level
+from engine.formats import block_view
 from engine.progress import ProgressFn
 
 if TYPE_CHECKING:  # annotations only: engine.calibration imports the method registry

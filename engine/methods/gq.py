@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from engine.codebook import CodebookTensor, block_view, codebook_quantize
+from engine.codebook import CodebookTensor, codebook_quantize
 from engine.config import GQConfig
+from engine.formats import block_view
 from engine.layer_table import LayerSpec
 from engine.methods import LayerOutcome, register
 from engine.methods.distill import DistillSettings, TrainableCodebook, distill_codebooks

@@ -55,7 +55,7 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
     return row
 
 
-def markdown(rows: list[dict], with_wer: bool) -> str:
+def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
     lines = ["# Quantization time and peak memory, 32 real calibration clips, group size 64", "",
              "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass).",
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).", ""]
@@ -78,6 +78,7 @@ def markdown(rows: list[dict], with_wer: bool) -> str:
                 wers = [100 * r["wer"] for r in group]
                 text += f", WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f} %"
             lines.append(text + f" ({len(group)} runs)")
+    lines += ["", *(f"Not measured: {s['model']}: {s['why']}." for s in skipped)] if skipped else []
     return "\n".join(lines)
 
 
@@ -105,10 +106,21 @@ def main(argv=None) -> dict:
         out = subprocess.run([sys.executable, "-m", "bench.quant_memory", "--child"] + command, cwd=cwd,
                              capture_output=True, text=True, check=True)
         rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), **labels})
-        write_results(args.out, {"rows": rows, "baseline": baseline}, markdown(rows, args.wer))  # partial runs kept
+        write_results(args.out, {"rows": rows, "skipped": skipped, "baseline": baseline},
+                      markdown(rows, args.wer, skipped))  # partial runs kept
 
     baseline = _commit_of(args.baseline) if args.baseline else None
+    from engine.models import available_models
+
+    loadable = {m["name"]: m for m in available_models()}
+    skipped = []
     for model in args.models:
+        found = loadable.get(model, {"installed": True})  # a folder or hub id: the child tries it
+        if not found["installed"]:
+            skipped.append({"model": model, "why": found.get("problem") or f"not installed ({found['install']})"})
+            write_results(args.out, {"rows": rows, "skipped": skipped, "baseline": baseline},
+                          markdown(rows, args.wer, skipped))
+            continue
         for bits in args.bits:
             for method in args.methods:
                 for seed in args.seeds:  # seeds outermost: a slow spell of a shared machine hits every variant alike

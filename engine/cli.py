@@ -26,7 +26,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        state = "installed" if row["installed"] else f"not installed ({row['install']})"
+        state = ("installed" if row["installed"] else f"incomplete: {row['problem']}" if row.get("problem")
+                 else f"not installed ({row['install']})")
         print(f"{row['name']:10s} {row['description']}  [{state}]")
     print("Also accepted: a CTranslate2 Whisper folder, or a transformers Whisper checkpoint id or folder.")
     return 0

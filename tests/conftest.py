@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_SPEECH = REPO.parent / "shared" / "speech"
-
-
-def speech_dir(name: str) -> Path:
-    """A folder of ../shared/speech; under CI its absence is a failure, elsewhere a skip."""
-    folder = SHARED_SPEECH / name
-    if not folder.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{folder} is missing: CI must have ../shared/speech beside the clone")
-        pytest.skip(f"{folder} is not here")
-    return folder
+from tests.helpers import speech_dir
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -78,7 +78,7 @@ def test_non_audio_gets_a_message_and_the_server_keeps_serving(client, tmp_path)
 
 
 def test_a_folder_of_real_clips_is_scored_and_named(client):
-    from tests.conftest import speech_dir
+    from tests.helpers import speech_dir
 
     folder = speech_dir("librispeech-dev-clean-misc")
     info = client.predict("tiny.en", "rtn", 8, 64, 0.5, 0, "", str(folder), api_name="/quantize")

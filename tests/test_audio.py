@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from engine.audio import SAMPLE_RATE, load_audio, prepare_audio
 from engine.errors import AudioError
 
-from tests.conftest import speech_dir
+from tests.helpers import speech_dir
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:

@@ -13,7 +13,7 @@ from engine.layer_table import LayerSpec, LayerTableError
 from engine.methods import get_method, make_config
 from engine.methods.gq import mu_law_levels, train_codebook
 from engine.methods.moments import LayerStats, output_error
-from tests.test_methods import layer_setup
+from tests.helpers import layer_setup
 
 
 def test_nf4_levels_are_the_sixteen_qlora_constants_sorted():
@@ -32,9 +32,12 @@ def test_nf4_codes_round_trip_and_every_weight_is_a_scaled_level(double_quant):
     normalized = (qt.dequantize().reshape(-1, 64) / qt.scales.reshape(-1, 1))
     nearest = (normalized[..., None] - torch.tensor(NF4_LEVELS)).abs().min(dim=-1).values
     assert float(nearest.max()) < 1e-6
-    # NF4 is a good 4-bit format for Gaussian weights: relative error well below 4-bit uniform per-channel.
-    nf4_err = (w - qt.dequantize()).norm() / w.norm()
-    assert nf4_err < 0.12
+    # NF4 is a good 4-bit format for Gaussian weights: less error than uniform 4-bit on the same blocks
+    # (absmax-symmetric, as NF4's own scaling) and than uniform 4-bit with one grid per output channel.
+    nf4_err = float((w - qt.dequantize()).norm() / w.norm())
+    for fmt in (IntFormat(4, 64, symmetric=True), IntFormat(4, -1)):
+        uniform_err = float((w - rtn_quantize(w, fmt).dequantize()).norm() / w.norm())
+        assert nf4_err < 0.95 * uniform_err, (fmt, nf4_err, uniform_err)  # measured 0.90 and 0.84
 
 
 def test_nf4_size_formula_with_and_without_double_quantization():

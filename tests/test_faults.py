@@ -18,7 +18,7 @@ from serving.job_queue import JobQueue
 from serving.worker import JobFailed
 from serving.tasks import quantize_task
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

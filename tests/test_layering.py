@@ -4,7 +4,7 @@ package never imports gradio; only ui/ meets gradio."""
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def modules(package: str) -> list[str]:

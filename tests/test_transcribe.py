@@ -9,7 +9,7 @@ from engine.audio import SAMPLE_RATE, load_audio
 from engine.evaluate import TextScorer, load_dataset
 from engine.transcribe import transcribe
 
-from tests.conftest import speech_dir
+from tests.helpers import speech_dir
 
 pytestmark = pytest.mark.slow
 

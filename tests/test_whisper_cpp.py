@@ -15,7 +15,7 @@ from engine.evaluate import TextScorer, load_dataset
 from engine.formats import IntFormat, rtn_quantize
 from engine.ggml_blocks import GgmlExportError, check_exportable, container_for, fits, pack
 from engine.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0
-from tests.conftest import speech_dir
+from tests.helpers import speech_dir
 
 GRIDS = [  # (bits, symmetric, group size, integer zero) -> the narrowest ggml block that carries it
     ((4, True, 32, False), Q4_0), ((4, False, 64, False), Q4_1), ((3, False, 32, False), Q4_1),

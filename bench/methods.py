@@ -174,36 +174,28 @@ def row_statistics(rs: list, fp32: dict) -> str:
             f"{100 * ci.low:+.1f} to {100 * ci.high:+.1f} | ")
 
 
-NOTES = {
+NOTES = {  # what the rows are; remarks about particular runs (their timings, their history) are in run-notes.md
     "grids": ("The grid and output-layer choices of docs/methods.md at ggml's block width (g32), every linear layer "
               "of the blocks in torch: integer_zero=True rows use the GPTQ reference's uint8 zero point, the others "
               "the float16 group minimum (the default); quantize_output=True rows also quantize the output layer "
               "(the token embedding). One calibration draw (seed 0) for GPTQ."),
     "methods": ("FADE rows labelled 'rule=shrink' and '(alternating halves)' use FADE's earlier rule (a layer's alpha "
                 "shrunk toward the prior 0.75 by its reliability); plain 'fade' rows use the held-out optimum "
-                "(docs/methods.md). Quant s depends on what else shared the two cores during the run. Rows with "
+                "(docs/methods.md). Quant s depends on what else shared the cores during the run. Rows with "
                 "fewer than 5 seeds are unfinished (the bench resumes them)."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
                  "with Whisper's temperature fallback (engine/transcribe.py: a window whose tokens compress "
-                 "above 1.35 or whose mean log-probability is below -1 is decoded again at temperature 0.2 ... "
-                 "1.0, sampling, seeded). The difference is what repetition loops and unsure windows cost. "
-                 "Timings: a test shared the cores during the RTN rows."),
+                 "too well or whose mean log-probability is too low is decoded again at higher temperatures, "
+                 "sampling, seeded). The difference is what repetition loops and unsure windows cost."),
     "seed_methods": ("nf4 and w8a8 dynamic need no calibration (one run). W8A8 rows are simulated fixed point; "
                      "the same dynamic int8 model on torch's real int8 kernels is timed against faster-whisper "
                      "int8 in kernels.md. gq trains its centroids and latent weights layer by layer on the "
-                     "calibration moments (label-free, damping 0.1). 'gq distill_steps=30' rows add the optional "
+                     "calibration moments (label-free, damped). 'gq distill_steps=30' rows add the optional "
                      "second stage: the whole model distilled end to end for 30 steps (KL to the full-precision "
-                     "model's next-token distribution); their peak RSS rose run after run in one process "
-                     "(3.4 GB for the first). The first draw of 'gq distill_steps=30 "
-                     "2b' gave 97.6% under an earlier revision of the code (explore.md) and 113.5% here: at 2 "
-                     "bits any numerical change flips which clips loop. Its second seed ran while tests shared "
-                     "the cores (311 s against about 240 s alone). Rows with fewer "
-                     "than 5 seeds are unfinished (the bench resumes them). At 2 bits on every layer each method is "
-                     "broken on tiny.en (RTN transcribes next to nothing; GPTQ and GQ loop). Rows marked [encoder "
-                     "FFN 2-bit] use that layer-table preset: the encoder's feed-forward layers at 2 bits, every "
-                     "other layer at the row's bits. The third seed of 'gq 4b [encoder FFN 2-bit]' "
-                     "ran while tests shared the two cores (237 s against about 150 s alone), which inflates that "
-                     "row's quant s. Undamped gq rows are in explore.md."),
+                     "model's next-token distribution). Rows with fewer than 5 seeds are unfinished (the bench "
+                     "resumes them). Rows marked [encoder FFN 2-bit] use that layer-table preset: the encoder's "
+                     "feed-forward layers at 2 bits, every other layer at the row's bits. Undamped gq rows are in "
+                     "explore.md."),
 }
 
 

@@ -35,8 +35,8 @@ DECODER_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), 
                   ("encoder_attn.out_proj",), ("fc1",), ("fc2",))
 SAMPLES_PER_ENCODER_FRAME = 320  # 160-sample hop, then the stride-2 convolution
 N_SPLITS = 2  # moments are kept in two clip-disjoint halves for held-out checks
-# Encoder padding frames in the moments: 1 = all (the default). One in 8 (each standing for 8) made the pass
-# 1.4x faster but FADE 4-bit about 1 point worse on real speech (bench/results/pass_speed.md), so it is opt-in.
+# Encoder padding frames in the moments: 1 = all (the default). Sampling one in N (each standing for N) is
+# faster but cost FADE accuracy on real speech (bench/results/pass_speed.md), so it is opt-in.
 PAD_STRIDE = 1
 ACCUMULATE_CLIPS = 4  # clips per moment product: long float32 sums stay short, temporaries small
 

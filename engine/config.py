@@ -78,8 +78,8 @@ class GPTQConfig(QuantConfig):
     damping: float = 0.1
     block_size: int = 128  # columns per lazy update block
     # Visit columns by decreasing Hessian diagonal (static groups then). None: on for layers of 3 bits or
-    # fewer, off above. Measured (docs/methods.md, "Act-order"; 5 real-calibration seeds): at 3 bits it
-    # removed FADE's collapsed seeds (19.9 +- 1.9% WER); at 4 bits it made FADE worse (15.0 against 14.2).
+    # fewer, off above: it removed FADE's collapsed 3-bit seeds and made FADE worse at 4 bits (docs/methods.md,
+    # "Act-order").
     act_order: bool | None = None
 
     method = "gptq"
@@ -161,8 +161,8 @@ class GQConfig(QuantConfig):
     tau_start: float = 1.0  # initial temperature, in units of the squared initial level spacing
     tau_end: float = 0.01  # final temperature (near-hard); hard codes are taken after the last step
     # Fraction of mean(diag H^) added to the loss's Hessian, as GPTQ's damping (our addition): the decoder's
-    # wide layers see fewer calibration tokens than inputs. Measured: 4-bit draws 15.3/15.3/15.3/14.7/12.8% where
-    # the undamped loss gave 15.2/14.9/25.4% (docs/methods.md, "General Quantizer").
+    # wide layers see fewer calibration tokens than inputs; undamped, a 4-bit draw looped (docs/methods.md,
+    # "General Quantizer").
     damping: float = 0.1
     # Optional second stage (engine/methods/distill.py): all layers' latent weights and centroids trained
     # together so the quantized model's next-token distribution on the calibration clips matches the

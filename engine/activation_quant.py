@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from engine.layer_table import linear_layers
+from engine.tokens import padded_rows
 
 if TYPE_CHECKING:  # engine.calibration imports the method registry, which imports this module
     from engine.calibration import CalibrationData
@@ -98,11 +99,7 @@ def collect_input_ranges(model: nn.Module, calibration: CalibrationData, pad_tok
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in linear_layers(model).items()]
     try:
         for start in range(0, calibration.n_clips, batch_size):
-            tokens = calibration.tokens[start:start + batch_size]
-            length = max(map(len, tokens))
-            ids = torch.full((len(tokens), length), pad_token, dtype=torch.long)
-            for i, toks in enumerate(tokens):
-                ids[i, : len(toks)] = torch.tensor(toks)
+            ids, _ = padded_rows(calibration.tokens[start:start + batch_size], pad_token)
             model(input_features=calibration.features[start:start + batch_size], decoder_input_ids=ids)
     finally:
         for handle in handles:

@@ -27,6 +27,7 @@ from engine.layer_table import OUTPUT_LAYER, linear_layers
 from engine.methods.moments import LayerStats
 from engine.models import LoadedModel
 from engine.progress import ProgressFn
+from engine.tokens import padded_rows
 
 ENCODER_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
                   ("fc1",), ("fc2",))
@@ -88,13 +89,7 @@ class CalibrationData:
 
     def padded_tokens(self, pad_token: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder input ids (clips, T) padded with pad_token, and the mask (clips, T) of real tokens."""
-        length = max(len(t) for t in self.tokens)
-        ids = torch.full((self.n_clips, length), pad_token, dtype=torch.long)
-        mask = torch.zeros(self.n_clips, length, dtype=torch.bool)
-        for i, toks in enumerate(self.tokens):
-            ids[i, : len(toks)] = torch.tensor(toks)
-            mask[i, : len(toks)] = True
-        return ids, mask
+        return padded_rows(self.tokens, pad_token)
 
 
 def prepare_calibration(loaded: LoadedModel, audios: Sequence[np.ndarray], transcripts: Sequence[str] | None = None,

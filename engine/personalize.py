@@ -34,6 +34,7 @@ from engine.errors import UserError
 from engine.models import LoadedModel
 from engine.paths import data_dir
 from engine.progress import ProgressFn
+from engine.tokens import padded_rows
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,9 @@ def _batches(loaded: LoadedModel, audios: Sequence[np.ndarray], texts: Sequence[
     from engine.calibration import prepare_calibration
 
     data = prepare_calibration(loaded, audios, [training_text(t) for t in texts])
-    pad = loaded.tokens.end_of_text
-    length = max(map(len, data.tokens)) - 1
-    inputs = torch.full((len(texts), length), pad, dtype=torch.long)
-    labels = torch.full((len(texts), length), -100, dtype=torch.long)
+    inputs, _ = padded_rows([toks[:-1] for toks in data.tokens], loaded.tokens.end_of_text)
+    labels, _ = padded_rows([toks[1:] for toks in data.tokens], -100)  # -100: no loss (padding)
     for i, toks in enumerate(data.tokens):
-        inputs[i, : len(toks) - 1] = torch.tensor(toks[:-1])
-        labels[i, : len(toks) - 1] = torch.tensor(toks[1:])
         prompt = toks.index(loaded.tokens.no_timestamps) + 1
         labels[i, : prompt - 1] = -100  # the prompt is given, not learned
     return data.features, inputs, labels

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer
 
 _LANGUAGE_TOKEN = re.compile(r"^<\|([a-z]{2,3}|haw|yue)\|>$")
@@ -67,3 +69,15 @@ class WhisperTokens:
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text (with Whisper's leading space convention)."""
         return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
+
+
+def padded_rows(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of different lengths as one (rows, longest) long tensor, the tail of each row set to fill,
+    and the (rows, longest) bool mask of real tokens."""
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), fill, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return ids, mask

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import soundfile as sf
 
 from engine.errors import DatasetError
@@ -111,3 +112,11 @@ def test_per_utterance_error_counts_add_up_to_corpus_wer():
     counts = [scorer.word_errors(r, h) for r, h in zip(refs, hyps)]
     assert counts == [(1, 6), (2, 2), (0, 2)]
     assert scorer.score(refs, hyps)[0] == pytest.approx(3 / 10)
+
+
+def test_padded_rows_fill_the_tail_and_mask_the_real_tokens():
+    from engine.tokens import padded_rows
+
+    ids, mask = padded_rows([[5, 6, 7], [8], [9, 10]], fill=-100)
+    assert ids.tolist() == [[5, 6, 7], [8, -100, -100], [9, 10, -100]]
+    assert mask.sum(dim=1).tolist() == [3, 1, 2] and ids.dtype == torch.long

@@ -83,7 +83,8 @@ def run_point(point: Point, models: MutableMapping[str, LoadedModel] | None = No
                   "wer_ci95": wer_interval(errors, words, point.seed).to_list(), "n_utterances": report.n_utterances,
                   "size_bytes": size.size_bytes, "fp32_size_bytes": size.fp32_size_bytes, "size": asdict(size),
                   "quant_seconds": quant_seconds, "eval_seconds": time.perf_counter() - eval_start, "rtf": report.rtf,
-                  "utterance_ids": [u.id for u in report.utterances], "errors": errors, "words": words}
+                  "utterance_ids": [u.id for u in report.utterances], "errors": errors, "words": words,
+                  "hypotheses": [u.hypothesis for u in report.utterances]}
     except UserError as exc:
         log.warning("%s failed: %s", point.label(), exc)
         record = {**base, "status": "failed", "error": str(exc)}

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 POINTS_FILE = "points.jsonl"
 # Per-clip lists stay in points.jsonl (the deltas need them); the export and --json leave them out.
-PER_CLIP = ("utterance_ids", "errors", "words")
+PER_CLIP = ("utterance_ids", "errors", "words", "hypotheses")
 CSV_COLUMNS = ("model", "method", "bits", "group_size", "seed", "status", "wer", "wer_ci95_low", "wer_ci95_high",
                "delta_wer", "delta_ci95_low", "delta_ci95_high", "size_bytes", "quant_seconds", "eval_seconds",
                "n_utterances", "preset", "layers", "error", "key")

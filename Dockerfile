@@ -16,11 +16,12 @@ COPY --chown=user pyproject.toml README.md ./
 COPY --chown=user engine ./engine
 COPY --chown=user serving ./serving
 COPY --chown=user ui ./ui
+COPY --chown=user docs ./docs
 RUN pip install --no-cache-dir --user torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir --user .
 COPY --chown=user . .
 # Convert tiny.en once at build time so the first page load does not wait for it.
-RUN python -c "from engine.models import load_model; load_model('tiny.en')"
+RUN python -c "from engine.whisper.models import load_model; load_model('tiny.en')"
 
 EXPOSE 7860
 CMD ["python", "app.py"]

@@ -20,8 +20,8 @@ from bench.load import UPLOAD_SECONDS, upload_pool
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from engine.models import load_model
-    from engine.transcribe import transcribe
+    from engine.whisper.models import load_model
+    from engine.speech.transcribe import transcribe
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)

@@ -35,8 +35,8 @@ class EvalClips:
 
 def speech_clips(folders: tuple[str, ...]) -> EvalClips:
     """The clips of these ../shared/speech folders, decoded once."""
-    from engine.audio import SAMPLE_RATE, load_audio
-    from engine.evaluate import load_dataset
+    from engine.speech.audio import SAMPLE_RATE, load_audio
+    from engine.speech.evaluate import load_dataset
 
     utterances = [u for name in folders for u in load_dataset(speech(name))]
     audios = [load_audio(u.path) for u in utterances]

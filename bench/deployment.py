@@ -24,15 +24,15 @@ from pathlib import Path
 
 from bench.common import RESULTS, cpu, speech, speech_clips, write_results
 from bench.methods import N_CALIB, REAL_CALIBRATION
-from engine.evaluate import TextScorer
-from engine.experiment import build_calibration, calibration_clips
-from engine.ggml_lib import Q4_0, Q4_1, Q5_1, Q8_0
-from engine.intervals import paired_delta, wer_interval
-from engine.methods import make_config
-from engine.models import REGISTRY, load_model
-from engine.quantize import quantize
-from engine.runtimes import AUDIO_CTX_MARGIN, AUTO_AUDIO_CTX, CTranslate2Runtime, ModelToRun, WhisperCppRuntime
-from engine.whisper_cpp_export import export_whisper_cpp
+from engine.speech.evaluate import TextScorer
+from engine.workflows.experiment import build_calibration, calibration_clips
+from engine.deploy.ggml_lib import Q4_0, Q4_1, Q5_1, Q8_0
+from engine.speech.intervals import paired_delta, wer_interval
+from engine.quant.registry import make_config
+from engine.whisper.models import REGISTRY, load_model
+from engine.quant.quantize import quantize
+from engine.deploy.runtimes import AUDIO_CTX_MARGIN, AUTO_AUDIO_CTX, CTranslate2Runtime, ModelToRun, WhisperCppRuntime
+from engine.deploy.whisper_cpp_export import export_whisper_cpp
 
 log = logging.getLogger("bench.deployment")
 
@@ -178,7 +178,7 @@ def markdown(rows: dict, n_clips: int, threads: int, eval_folders=("librispeech-
         low, high = r["wer_ci95"]
         lines.append(f"| {label} | {r['runtime']} | {100 * r['wer']:.2f} | {100 * low:.1f} to {100 * high:.1f} | "
                      f"{ratio} | {r['size_bytes'] / 1e6:.1f} |")
-    lines += ["", "Ours: the method's integer codes packed into ggml blocks as they are (engine/ggml_blocks.py); "
+    lines += ["", "Ours: the method's integer codes packed into ggml blocks as they are (engine/deploy/ggml_blocks.py); "
               "every 2-D weight of a whisper.cpp file has the file's one type, so the token embedding (also the "
               "output layer) is rounded by ggml's own round-to-nearest, as whisper.cpp's quantize tool does. "
               f"Calibration for GPTQ and FADE: {N_CALIB} real clips from other folders than the scored ones "

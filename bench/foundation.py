@@ -12,9 +12,9 @@ import time
 import torch
 
 from bench.common import test_other_clips, write_results
-from engine.evaluate import TextScorer
-from engine.models import REGISTRY, load_model
-from engine.transcribe import transcribe
+from engine.speech.evaluate import TextScorer
+from engine.whisper.models import REGISTRY, load_model
+from engine.speech.transcribe import transcribe
 
 log = logging.getLogger("bench.foundation")
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bench.common import write_results
-from engine.audio import SAMPLE_RATE, load_audio
+from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.errors import AudioError
 
 log = logging.getLogger("bench.fuzz_audio")

@@ -120,9 +120,9 @@ class MemoryWatch(threading.Thread):
 
 def upload_pool(low: float, high: float) -> list[np.ndarray]:
     """Real recordings of low-high seconds from ../shared/speech (16 kHz mono), the visitors' own voices."""
-    from engine.audio import load_audio
+    from engine.speech.audio import load_audio
     from engine.errors import DatasetError
-    from engine.evaluate import load_dataset
+    from engine.speech.evaluate import load_dataset
 
     pool = []
     for corpus in sorted(p for p in SHARED_SPEECH.iterdir() if p.is_dir()):
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--users must be 1-50 and --seconds 10-900 (the load test is bounded)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-    from engine.samples import sample_clips
+    from engine.speech.samples import sample_clips
 
     clips = [c.path for c in sample_clips() if c.group == "demo"]
     pool = upload_pool(*UPLOAD_SECONDS)

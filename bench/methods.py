@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, speech, write_results
-from engine.evaluate import evaluate, load_dataset, mean_std
-from engine.intervals import paired_delta
-from engine.experiment import build_calibration, calibration_clips
-from engine.layer_table import PRESETS, preset_table
-from engine.methods import get_method, make_config
-from engine.models import load_model
-from engine.quantize import quantize
-from engine.samples import SAMPLE_DIR
+from engine.speech.evaluate import evaluate, load_dataset, mean_std
+from engine.speech.intervals import paired_delta
+from engine.workflows.experiment import build_calibration, calibration_clips
+from engine.quant.layer_table import PRESETS, preset_table
+from engine.quant.registry import get_method, make_config
+from engine.whisper.models import load_model
+from engine.quant.quantize import quantize
+from engine.speech.samples import SAMPLE_DIR
 
 log = logging.getLogger("bench.methods")
 
@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
         if args.preset != "uniform":
             label = f"{label} [{args.preset}]"
             table = preset_table(loaded.model, args.preset, config.bits, config.group_size)
-        needs = get_method(config.method).uses_calibration(config)
+        needs = get_method(config.method).needs_calibration(config)
         for source in args.sources if needs else ["none"]:
             for seed in range(args.seeds) if needs else [None]:
                 key = f"{label} | {source} | {seed}"
@@ -184,7 +184,7 @@ NOTES = {  # what the rows are; remarks about particular runs (their timings, th
                 "(docs/methods.md). Quant s depends on what else shared the cores during the run. Rows with "
                 "fewer than 5 seeds are unfinished (the bench resumes them)."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
-                 "with Whisper's temperature fallback (engine/transcribe.py: a window whose tokens compress "
+                 "with Whisper's temperature fallback (engine/speech/transcribe.py: a window whose tokens compress "
                  "too well or whose mean log-probability is too low is decoded again at higher temperatures, "
                  "sampling, seeded). The difference is what repetition loops and unsure windows cost."),
     "seed_methods": ("nf4 and w8a8 dynamic need no calibration (one run). W8A8 rows are simulated fixed point; "
@@ -240,7 +240,7 @@ def markdown(runs: dict, note: str = "") -> str:
               "held-out halves became speaker-disjoint. Design speakers: LibriSpeech "
               f"{' and '.join(DESIGN_SPEAKERS)} (20 clips), on which design settings are chosen; other: the remaining "
               "3 speakers (30 clips). Δ vs fp32: the row's mean WER minus fp32's on the same 50 clips, with a paired "
-              "bootstrap 95% interval over clips and the row's seeds (engine/intervals.py); '-' for runs made before "
+              "bootstrap 95% interval over clips and the row's seeds (engine/speech/intervals.py); '-' for runs made before "
               "per-clip errors were stored. Peak RSS is the whole process (model, data and the pass).", "", note]
     return "\n".join(lines)
 

@@ -13,10 +13,10 @@ import tempfile
 from collections import defaultdict
 
 from bench.common import speech, write_results
-from engine.audio import load_audio
-from engine.evaluate import TextScorer, load_dataset
-from engine.models import load_model
-from engine.personalize import LoRASettings, adapt_and_compare
+from engine.speech.audio import load_audio
+from engine.speech.evaluate import TextScorer, load_dataset
+from engine.whisper.models import load_model
+from engine.workflows.personalize import LoRASettings, adapt_and_compare
 
 log = logging.getLogger("bench.personalization")
 

@@ -28,11 +28,11 @@ TEST_SET = "librispeech-test-other"
 def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en") -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
-    from engine.evaluate import evaluate, load_dataset
-    from engine.experiment import build_calibration, calibration_clips
-    from engine.methods import get_method, make_config
-    from engine.models import load_model
-    from engine.quantize import quantize
+    from engine.speech.evaluate import evaluate, load_dataset
+    from engine.workflows.experiment import build_calibration, calibration_clips
+    from engine.quant.registry import get_method, make_config
+    from engine.whisper.models import load_model
+    from engine.quant.quantize import quantize
 
     start = time.perf_counter()
     loaded = load_model(model)
@@ -45,7 +45,7 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
         return row
     config = make_config(method, bits=bits, group_size=64)
     calibration = None
-    if get_method(method).uses_calibration(config):
+    if get_method(method).needs_calibration(config):
         calibration = build_calibration(loaded, calibration_clips([speech(n) for n in REAL_CALIBRATION], N_CALIB,
                                                                   seed, test_set))
     result = quantize(loaded, config, calibration, pad_stride=pad_stride)
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
                       markdown(rows, args.wer, skipped))  # partial runs kept
 
     baseline = _commit_of(args.baseline) if args.baseline else None
-    from engine.models import available_models
+    from engine.whisper.models import available_models
 
     loadable = {m["name"]: m for m in available_models()}
     skipped = []

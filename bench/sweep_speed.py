@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from bench.common import speech, write_results
-from engine.sweep.grid import parse_grid
-from engine.sweep.records import PointLog
-from engine.sweep.runner import InProcess, RayTasks, run_sweep
+from engine.workflows.sweep.grid import parse_grid
+from engine.workflows.sweep.records import PointLog
+from engine.workflows.sweep.runner import InProcess, RayTasks, run_sweep
 
 GRID = """
 name = "sweep-speed"

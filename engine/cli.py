@@ -19,7 +19,7 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from engine.models import available_models
+    from engine.whisper.models import available_models
 
     rows = available_models()
     if args.json:
@@ -35,15 +35,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _quant_config(args: argparse.Namespace):
     """The method config from the options the user gave (unset options keep the method's defaults)."""
-    from engine.methods import make_config
-
+    from engine.quant.registry import make_config
     settings = {key: getattr(args, key) for key in QUANT_SETTINGS if getattr(args, key, None) is not None}
     return make_config(args.method, **settings)
 
 
 def _layer_table(args: argparse.Namespace, loaded, config):
     """The preset's table, then the rows of --layers on top; None keeps the uniform default."""
-    from engine.layer_table import apply_overrides, load_overrides, preset_table
+    from engine.quant.layer_table import apply_overrides, load_overrides, preset_table
 
     if not args.layers and not args.preset:
         return None
@@ -52,26 +51,25 @@ def _layer_table(args: argparse.Namespace, loaded, config):
 
 
 def _calibration(args: argparse.Namespace, loaded, config, exclude=()):
-    from engine.experiment import build_calibration, calibration_clips
-    from engine.methods import get_method
-
-    if not get_method(config.method).uses_calibration(config):
+    from engine.workflows.experiment import build_calibration, calibration_clips
+    from engine.quant.registry import get_method
+    if not get_method(config.method).needs_calibration(config):
         return None
     return build_calibration(loaded, calibration_clips(args.calib, args.n_calib, args.seed, exclude))
 
 
 def _model_for(args: argparse.Namespace):
     """The model to run: a saved quantized artifact, the fp model, or the fp model quantized now."""
-    from engine.models import load_model
+    from engine.whisper.models import load_model
 
     if args.quantized:
-        from engine.artifacts import load_quantized
+        from engine.quant.artifacts import load_quantized
 
         return load_quantized(args.quantized)[0]
     loaded = load_model(args.model)
     if not args.method:
         return loaded
-    from engine.quantize import quantize
+    from engine.quant.quantize import quantize
 
     config = _quant_config(args)
     return quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config)).loaded
@@ -79,15 +77,15 @@ def _model_for(args: argparse.Namespace):
 
 def _model_to_run(args: argparse.Namespace):
     """Like _model_for, with the codes a real runtime packs (engine/runtimes.ModelToRun)."""
-    from engine.models import load_model
-    from engine.runtimes import ModelToRun
+    from engine.whisper.models import load_model
+    from engine.deploy.runtimes import ModelToRun
 
     if args.quantized:
         return ModelToRun.from_artifact(args.quantized)
     loaded = load_model(args.model)
     if not args.method:
         return ModelToRun(loaded, base_model=args.model)
-    from engine.quantize import quantize
+    from engine.quant.quantize import quantize
 
     config = _quant_config(args)
     result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config))
@@ -95,14 +93,14 @@ def _model_to_run(args: argparse.Namespace):
 
 
 def _runtime(args: argparse.Namespace, model):
-    from engine.runtimes import open_runtime
+    from engine.deploy.runtimes import open_runtime
 
     return open_runtime(args.runtime, model, threads=args.threads)
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
-    from engine.audio import load_audio
-    from engine.transcribe import transcribe
+    from engine.speech.audio import load_audio
+    from engine.speech.transcribe import transcribe
 
     audios = [load_audio(path) for path in args.audio]  # fail on bad input before loading the model
     if args.runtime != "torch":
@@ -119,9 +117,9 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate
-    from engine.experiment import data_utterances, interval_summary, quantize_and_evaluate, summary
-    from engine.models import load_model
+    from engine.speech.evaluate import evaluate
+    from engine.workflows.experiment import data_utterances, interval_summary, quantize_and_evaluate, summary
+    from engine.whisper.models import load_model
 
     utterances = data_utterances(args.data, args.limit)
     where = {"data": str(args.data), "decoding": "fallback" if args.fallback else "greedy"}
@@ -138,7 +136,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                   **interval_summary([r.report for r in runs], fp32)}
         return _print_eval(args, result)
     if args.quantized:
-        from engine.artifacts import load_quantized
+        from engine.quant.artifacts import load_quantized
 
         loaded, meta = load_quantized(args.quantized)
         head = {"model": meta["model"]["name"], "method": meta["quant_config"]["method"],
@@ -160,9 +158,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_on_runtime(args: argparse.Namespace, utterances, where: dict) -> int:
     """Score on a real runtime; a quantized model is compared with its full-precision model on the same runtime."""
-    from engine.evaluate import evaluate_transcriber
-    from engine.experiment import interval_summary
-    from engine.runtimes import ModelToRun
+    from engine.speech.evaluate import evaluate_transcriber
+    from engine.workflows.experiment import interval_summary
+    from engine.deploy.runtimes import ModelToRun
 
     if args.fallback:
         raise UserError("real runtimes decode greedily here; --fallback needs --runtime torch.")
@@ -171,7 +169,7 @@ def _eval_on_runtime(args: argparse.Namespace, utterances, where: dict) -> int:
     report = evaluate_transcriber(runtime.transcribe, utterances)
     fp32 = None
     if model.weights:
-        from engine.models import load_model
+        from engine.whisper.models import load_model
 
         base = load_model(model.base_model)
         fp32 = evaluate_transcriber(_runtime(args, ModelToRun(base, base_model=model.base_model)).transcribe, utterances)
@@ -197,9 +195,9 @@ def _print_eval(args: argparse.Namespace, result: dict) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from engine.artifacts import save_quantized
-    from engine.models import load_model
-    from engine.quantize import quantize
+    from engine.quant.artifacts import save_quantized
+    from engine.whisper.models import load_model
+    from engine.quant.quantize import quantize
 
     loaded = load_model(args.model)
     config = _quant_config(args)
@@ -220,7 +218,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export_quantized
+    from engine.deploy.export import export_quantized
 
     report = export_quantized(args.quantized, args.format, args.out)
     if args.json:
@@ -233,7 +231,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from engine.record import record
+    from engine.speech.record import record
 
     path = record(args.seconds, args.out)
     print(f"recorded {args.seconds:g} s to {path}")
@@ -265,7 +263,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
-    from engine.samples import SAMPLE_DIR
+    from engine.speech.samples import SAMPLE_DIR
 
     g = p.add_argument_group("quantization")
     g.add_argument("--method", required=required, help="rtn, gptq, qep, fade, nf4, gq, w8a8 (see `asrq methods`)")
@@ -305,10 +303,10 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
 def _cmd_personalize(args: argparse.Namespace) -> int:
     """Adapt LoRA on the NF4 model to one speaker: train on the first --train clips of --data (the last of
     them validating), test on the rest."""
-    from engine.audio import load_audio
-    from engine.evaluate import load_dataset
-    from engine.models import load_model
-    from engine.personalize import LoRASettings, PersonalizeError, adapt_and_compare, check_speaker
+    from engine.speech.audio import load_audio
+    from engine.speech.evaluate import load_dataset
+    from engine.whisper.models import load_model
+    from engine.workflows.personalize import LoRASettings, PersonalizeError, adapt_and_compare, check_speaker
 
     check_speaker(args.speaker)
     utterances = load_dataset(args.data)
@@ -338,11 +336,10 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from engine.layer_table import PRESETS
-    from engine.methods import METHODS
-
-    for entry in METHODS.values():
-        data = "calibration audio" if entry.needs_calibration else "no data"
+    from engine.quant.layer_table import PRESETS
+    from engine.quant.registry import all_methods
+    for entry in all_methods().values():
+        data = "calibration audio" if entry.needs_calibration() else "no data"
         print(f"{entry.name:6s} {entry.summary} [{data}]")
     print("pqm    NF4 + per-speaker LoRA adapters: see `asrq personalize`")
     print("\nLayer-table presets (--preset NAME):")
@@ -352,7 +349,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.models import DEFAULT_MODEL
+    from engine.whisper.models import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="asrq", description="Explore what quantization does to Whisper.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -414,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_personalize)
 
-    from engine.sweep.command import add_sweep_parser
+    from engine.workflows.sweep.command import add_sweep_parser
 
     add_sweep_parser(sub)
 

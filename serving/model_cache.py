@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from engine.models import LoadedModel, load_model
+from engine.whisper.models import LoadedModel, load_model
 
 
 class ModelCache:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.errors import ModelUnavailableError, UserError
-from engine.models import REGISTRY, LoadedModel, load_model
+from engine.whisper.models import REGISTRY, LoadedModel, load_model
 
 
 def available_cores() -> int:

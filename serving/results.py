@@ -11,9 +11,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from engine.artifacts import load_quantized, prune_artifacts
+from engine.quant.artifacts import load_quantized, prune_artifacts
 from engine.errors import UserError
-from engine.models import LoadedModel
+from engine.whisper.models import LoadedModel
 from serving.memory import release_memory
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")

@@ -4,7 +4,7 @@ of (request: dict, progress, context) -> dict of plain JSON data; context lives 
 quantize: quantize with the page's settings (calibration from sample_audio drawn by seed, never a clip that is
 scored), save the result as an artifact folder named by its run id, score it on the page's evaluation set
 (the demo clips, or a folder of real recordings: engine/samples.eval_set) against full precision with
-bootstrap intervals, time it on the fastest real runtime that runs its format (engine/latency.py), and
+bootstrap intervals, time it on the fastest real runtime that runs its format (engine/deploy/latency.py), and
 describe it.
 """
 
@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from engine.artifacts import ArtifactError, save_quantized, verify_artifact
-from engine.audio import load_audio
-from engine.evaluate import evaluate
-from engine.experiment import build_calibration, calibration_clips, interval_summary
-from engine.latency import fastest_real_runtime, runnable_runtimes
-from engine.layer_table import apply_overrides, build_table
-from engine.methods import get_method, make_config
-from engine.models import load_model
+from engine.quant.artifacts import ArtifactError, save_quantized, verify_artifact
+from engine.speech.audio import load_audio
+from engine.speech.evaluate import evaluate
+from engine.workflows.experiment import build_calibration, calibration_clips, interval_summary
+from engine.deploy.latency import fastest_real_runtime, runnable_runtimes
+from engine.quant.layer_table import apply_overrides, build_table
+from engine.quant.registry import get_method, make_config
+from engine.whisper.models import load_model
 from engine.progress import ProgressFn
-from engine.quantize import quantize
-from engine.runtimes import ModelToRun
-from engine.samples import SAMPLE_DIR, EvalSet, eval_set
+from engine.quant.quantize import quantize
+from engine.deploy.runtimes import ModelToRun
+from engine.speech.samples import SAMPLE_DIR, EvalSet, eval_set
 from serving.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _models(context: dict, safe_only: bool = False) -> ModelCache:
 def _real_latency(context: dict, model: ModelToRun, clips: EvalSet, workdir: Path,
                   among: tuple[str, ...] | None = None, whisper_cpp_file: Path | None = None) -> dict | None:
     """The fastest real runtime's latency on the first scored clips; each format is timed once per worker (see
-    engine/latency.py). The runtimes' model files stay in workdir."""
+    engine/deploy/latency.py). The runtimes' model files stay in workdir."""
     audios = [load_audio(u.path) for u in clips.utterances[:LATENCY_CLIPS]]
     found = fastest_real_runtime(model, audios, torch.get_num_threads(), workdir,
                                  timed=context.setdefault("real_latency", {}), among=among,
@@ -111,7 +111,7 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
                                             with_output=config.quantize_output), request["overrides"])
     scored = eval_set(request.get("eval_dir"))
     calibration = None
-    if get_method(config.method).uses_calibration(config):
+    if get_method(config.method).needs_calibration(config):
         progress(0.0, "preparing calibration audio")
         # Never calibrate on a clip that is scored: the WER would flatter the method.
         clips = calibration_clips(SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(request.get("seed", 0)), scored.utterances)
@@ -162,7 +162,7 @@ def _summary(request, run_id, folder, config, calibration, result, scored, repor
 def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     """request: model, speaker, audio (paths), texts, n_train, adapters_root (optional). LoRA on NF4 from the
     first n_train recordings (the last of them validating), fp32 / NF4 / NF4+LoRA on the rest."""
-    from engine.personalize import adapt_and_compare, check_speaker
+    from engine.workflows.personalize import adapt_and_compare, check_speaker
 
     speaker = check_speaker(request["speaker"])
     audios = [load_audio(p, request.get("max_audio_seconds"), request.get("max_bytes")) for p in request["audio"]]

@@ -18,7 +18,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from engine.models import load_model
+    from engine.whisper.models import load_model
 
     return load_model("tiny.en")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.layer_table import LayerSpec
-from engine.methods.moments import LayerStats
+from engine.quant.layer_table import LayerSpec
+from engine.quant.moments import LayerStats
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SPEECH = REPO.parent / "shared" / "speech"

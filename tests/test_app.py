@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from gradio_client import Client, handle_file
 
-from engine.samples import sample_clips
+from engine.speech.samples import sample_clips
 from ui.app import build_app
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_quantize_rejects_an_impossible_layer_setting(client):
 
 
 def test_upload_at_44k_stereo_is_transcribed(client, tmp_path):
-    from engine.audio import load_audio
+    from engine.speech.audio import load_audio
     import soxr
 
     mono = load_audio(next(c for c in sample_clips() if c.name == "demo-05").path)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from engine.audio import load_audio
-from engine.samples import sample_clips
+from engine.speech.audio import load_audio
+from engine.speech.samples import sample_clips
 
 pytestmark = pytest.mark.slow
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.activation_quant import fake_quant_dynamic, fake_quant_static
-from engine.codebook import NF4_LEVELS, CodebookTensor, DoubleQuant, codebook_quantize, nf4_quantize
-from engine.config import ConfigError, GQConfig, NF4Config
-from engine.formats import IntFormat, rtn_quantize
-from engine.layer_table import LayerSpec, LayerTableError
-from engine.methods import get_method, make_config
-from engine.methods.gq import mu_law_levels, train_codebook
-from engine.methods.moments import LayerStats, output_error
+from engine.quant.activation_quant import fake_quant_dynamic, fake_quant_static
+from engine.quant.codebook import NF4_LEVELS, CodebookTensor, DoubleQuant, codebook_quantize, nf4_quantize
+from engine.quant.config import ConfigError, GQConfig, NF4Config
+from engine.quant.formats import IntFormat, rtn_quantize
+from engine.quant.layer_table import LayerSpec, LayerTableError
+from engine.quant.registry import get_method, make_config
+from engine.quant.methods.gq import mu_law_levels, train_codebook
+from engine.quant.moments import LayerStats, output_error
 from tests.helpers import layer_setup
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
-from engine import ct2
-from engine.models import REGISTRY, load_model
+from engine.whisper import ct2
+from engine.whisper.models import REGISTRY, load_model
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from engine.calibration import CalibrationData
-from engine.codebook import codebook_quantize
-from engine.layer_table import linear_layers
-from engine.methods.distill import (DistillSettings, TrainableCodebook, distill_codebooks, next_token_targets,
+from engine.quant.calibration import CalibrationData
+from engine.quant.codebook import codebook_quantize
+from engine.quant.layer_table import linear_layers
+from engine.quant.methods.distill import (DistillSettings, TrainableCodebook, distill_codebooks, next_token_targets,
                                     ste_weight)
-from engine.methods.gq import mu_law_levels
+from engine.quant.methods.gq import mu_law_levels
 
 PAD = 1
 
@@ -93,9 +93,8 @@ def test_distillation_lowers_the_kl_to_the_full_precision_model_and_keeps_codes_
 
 
 def test_gq_refines_only_when_distillation_steps_are_asked_for():
-    from engine.config import GQConfig
-    from engine.methods import get_method
-
+    from engine.quant.config import GQConfig
+    from engine.quant.registry import get_method
     gq = get_method("gq")
     assert not gq.refines_with(GQConfig())  # off by default (bench/results/seed_methods.md)
     assert gq.refines_with(GQConfig(distill_steps=3))

@@ -13,7 +13,7 @@ import torch
 import soundfile as sf
 
 from engine.errors import DatasetError
-from engine.evaluate import TextScorer, load_dataset, mean_std, split_calibration
+from engine.speech.evaluate import TextScorer, load_dataset, mean_std, split_calibration
 
 
 def make_clip(path):
@@ -93,8 +93,8 @@ def test_refs_tsv_voice_column_and_librispeech_speakers(tmp_path):
 def test_calibration_draws_of_the_sample_clips_are_stratified_by_voice():
     from collections import Counter
 
-    from engine.experiment import calibration_clips
-    from engine.samples import SAMPLE_DIR, eval_set
+    from engine.workflows.experiment import calibration_clips
+    from engine.speech.samples import SAMPLE_DIR, eval_set
 
     demo = eval_set(None)
     assert demo.description == "10 synthetic demo clips, 2 voices"
@@ -115,7 +115,7 @@ def test_per_utterance_error_counts_add_up_to_corpus_wer():
 
 
 def test_padded_rows_fill_the_tail_and_mask_the_real_tokens():
-    from engine.tokens import padded_rows
+    from engine.whisper.tokens import padded_rows
 
     ids, mask = padded_rows([[5, 6, 7], [8], [9, 10]], fill=-100)
     assert ids.tolist() == [[5, 6, 7], [8, -100, -100], [9, 10, -100]]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from engine.artifacts import ArtifactError, WEIGHTS_FILE, load_quantized
+from engine.quant.artifacts import ArtifactError, WEIGHTS_FILE, load_quantized
 from serving.job_queue import JobQueue
 from serving.worker import JobFailed
 from serving.tasks import quantize_task
@@ -52,10 +52,10 @@ def test_a_full_disk_while_saving_leaves_no_half_written_result(tmp_path, tiny):
     # way they do on a full disk (an error from write), which the artifact writer must clean up after.
     script = textwrap.dedent(f"""
         import resource, signal, sys
-        from engine.artifacts import ArtifactError, save_quantized
-        from engine.config import RTNConfig
-        from engine.models import load_model
-        from engine.quantize import quantize
+        from engine.quant.artifacts import ArtifactError, save_quantized
+        from engine.quant.config import RTNConfig
+        from engine.whisper.models import load_model
+        from engine.quant.quantize import quantize
 
         result = quantize(load_model("tiny.en"), RTNConfig(bits=4))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a killed process
@@ -75,7 +75,7 @@ def test_a_full_disk_while_saving_leaves_no_half_written_result(tmp_path, tiny):
 
 
 def test_a_damaged_model_cache_is_converted_again(tmp_path, monkeypatch):
-    from engine.models import load_model
+    from engine.whisper.models import load_model
 
     monkeypatch.setenv("ASRQ_CACHE_DIR", str(tmp_path))
     first = load_model("tiny.en")

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.formats import IntFormat, QuantizedTensor, pack_codes, packed_bytes, rtn_quantize, unpack_codes
+from engine.quant.formats import IntFormat, QuantizedTensor, pack_codes, packed_bytes, rtn_quantize, unpack_codes
 
 
 GRIDS = {"float minimum": dict(), "integer zero": dict(integer_zero=True), "symmetric": dict(symmetric=True)}

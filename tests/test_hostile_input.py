@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz_audio import check_loaded, damaged_audio
-from engine.audio import SAMPLE_RATE, load_audio
+from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.errors import AudioError, UserError
 
 
@@ -151,7 +151,7 @@ def test_bad_requests_get_one_sentence_and_start_nothing(explorer, change, messa
     (json.dumps([{"name": "model.encoder.layers.0.fc1", "bits": 8}] * 1001), "1,001 rows"),
 ])
 def test_layer_table_json_is_bounded_before_parsing(text, message):
-    from engine.layer_table import parse_overrides
+    from engine.quant.layer_table import parse_overrides
 
     with pytest.raises(UserError, match=message) as info:
         parse_overrides(text)

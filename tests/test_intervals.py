@@ -1,11 +1,11 @@
-"""Bootstrap intervals of WER and of the paired difference to full precision (engine/intervals.py)."""
+"""Bootstrap intervals of WER and of the paired difference to full precision (engine/speech/intervals.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.intervals import Interval, describe_delta, paired_delta, wer_interval
+from engine.speech.intervals import Interval, describe_delta, paired_delta, wer_interval
 
 
 def test_a_model_against_itself_has_a_zero_interval():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine.artifacts import WEIGHTS_FILE
+from engine.quant.artifacts import WEIGHTS_FILE
 from engine.run_history import RunHistory
 from serving.job_queue import JobQueue
 from serving.policy import BusyError

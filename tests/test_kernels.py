@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.formats import IntFormat, rtn_quantize
-from engine.kernels import Int4Linear, int4_supported, int8_dynamic
+from engine.quant.formats import IntFormat, rtn_quantize
+from engine.quant.kernels import Int4Linear, int4_supported, int8_dynamic
 
 
 def test_int4_kernel_matches_the_dequantized_layer():
@@ -28,9 +28,9 @@ def test_int4_kernel_eligibility():
 
 @pytest.mark.slow
 def test_int8_dynamic_transcribes(tiny):
-    from engine.audio import load_audio
-    from engine.samples import sample_clips
-    from engine.transcribe import transcribe
+    from engine.speech.audio import load_audio
+    from engine.speech.samples import sample_clips
+    from engine.speech.transcribe import transcribe
 
     model = int8_dynamic(tiny)
     assert "quantized.dynamic" in type(model.model.model.encoder.layers[0].fc1).__module__

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from engine.layer_table import (LayerTableError, apply_overrides, build_table, linear_layers, load_overrides,
+from engine.quant.layer_table import (LayerTableError, apply_overrides, build_table, linear_layers, load_overrides,
                                 table_to_json)
 
 
@@ -109,7 +109,7 @@ def test_parser_accepts_or_names_the_problem(overrides):
 
 
 def test_presets_fill_the_table_and_unknown_presets_are_refused(tiny):
-    from engine.layer_table import PRESETS, apply_preset
+    from engine.quant.layer_table import PRESETS, apply_preset
 
     table = build_table(tiny.model, bits=3, group_size=64)
     enc8 = apply_preset(table, "encoder 8-bit", 3)

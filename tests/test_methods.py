@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import ConfigError, FADEConfig, GPTQConfig, QEPConfig
-from engine.formats import IntFormat, rtn_quantize
-from engine.layer_table import LayerSpec
-from engine.methods import METHODS, get_method, make_config
-from engine.methods.fade import fade_alpha
-from engine.methods.gptq import gptq_quantize
-from engine.methods.moments import LayerStats, local_error, output_error
-from engine.methods.qep import qep_correct
+from engine.quant.config import ConfigError, FADEConfig, GPTQConfig, QEPConfig
+from engine.quant.formats import IntFormat, rtn_quantize
+from engine.quant.layer_table import LayerSpec
+from engine.quant.registry import all_methods, get_method, make_config
+from engine.quant.methods.fade import fade_alpha
+from engine.quant.methods.gptq import gptq_quantize
+from engine.quant.moments import LayerStats, local_error, output_error
+from engine.quant.methods.qep import qep_correct
 from engine.errors import UserError
 from tests.helpers import correlated_inputs, layer_setup
 
@@ -53,7 +53,7 @@ def test_a_weighted_row_counts_as_that_many_copies():
 
 
 def test_corrected_and_uncorrected_rounded_in_one_stack_get_their_own_codes():
-    from engine.methods.rtn_gptq_qep import corrected_outcome, round_weight
+    from engine.quant.methods.rtn_gptq_qep import corrected_outcome, round_weight
 
     w, _, _, stats, spec = layer_setup(drift=0.4)
     config = QEPConfig(bits=3, group_size=16, alpha=0.8)
@@ -69,7 +69,7 @@ def test_corrected_and_uncorrected_rounded_in_one_stack_get_their_own_codes():
 
 
 def test_encoder_padding_rows_sampled_cover_every_position_and_keep_the_count():
-    from engine.calibration import CalibrationData, TwoStreamPass
+    from engine.quant.calibration import CalibrationData, TwoStreamPass
 
     frames = (3, 7, 0, 10, 5, 1, 2, 9, 4)
     data = CalibrationData(torch.zeros(len(frames), 1, 40), frames, ((1, 2),) * len(frames))
@@ -132,7 +132,7 @@ def test_fade_alpha_follows_the_evidence():
 
 
 def test_registry_and_config_validation():
-    assert {"rtn", "gptq", "qep", "fade"} <= set(METHODS)
+    assert {"rtn", "gptq", "qep", "fade"} <= set(all_methods())
     assert isinstance(make_config("fade", bits=3), FADEConfig)
     with pytest.raises(UserError, match="no setting"):
         make_config("rtn", alpha=0.5)
@@ -152,7 +152,7 @@ def test_registry_and_config_validation():
 
 
 def test_calibration_halves_are_speaker_disjoint_when_speakers_differ():
-    from engine.calibration import CalibrationData
+    from engine.quant.calibration import CalibrationData
 
     def data(speakers):
         n = len(speakers)
@@ -168,8 +168,8 @@ def test_calibration_halves_are_speaker_disjoint_when_speakers_differ():
 
 @pytest.mark.slow
 def test_sample_calibration_splits_fade_halves_by_voice(tiny):
-    from engine.experiment import build_calibration, calibration_clips
-    from engine.samples import SAMPLE_DIR, eval_set
+    from engine.workflows.experiment import build_calibration, calibration_clips
+    from engine.speech.samples import SAMPLE_DIR, eval_set
 
     clips = calibration_clips(SAMPLE_DIR, 6, 0, exclude=eval_set(None).utterances)
     data = build_calibration(tiny, clips)

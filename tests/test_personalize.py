@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.audio import load_audio
-from engine.config import NF4Config
-from engine.evaluate import load_dataset
-from engine.personalize import (LoRASettings, PersonalizeError, adapted, list_speakers, load_adapter, personalize,
+from engine.speech.audio import load_audio
+from engine.quant.config import NF4Config
+from engine.speech.evaluate import load_dataset
+from engine.workflows.personalize import (LoRASettings, PersonalizeError, adapted, list_speakers, load_adapter, personalize,
                                 save_adapter)
-from engine.quantize import quantize
-from engine.transcribe import transcribe
+from engine.quant.quantize import quantize
+from engine.speech.transcribe import transcribe
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_speaker_names_that_are_not_safe_folder_names_are_refused(nf4_base, spea
 
 
 def test_before_after_scores_the_three_models_on_held_out_clips(tiny, nf4_base, adapter, speaker_clips):
-    from engine.personalize import before_after
+    from engine.workflows.personalize import before_after
 
     audios, texts = speaker_clips
     out = before_after(tiny, nf4_base, adapter, audios[8:], texts[8:])
@@ -91,14 +91,14 @@ def test_validation_picks_the_epoch_and_drops_an_adapter_that_does_not_help(nf4_
     assert wrecked.validation[1]["wer"] > wrecked.validation[0]["wer"]
     assert wrecked.best_epoch == 0 and not wrecked.kept
     assert all(not p.any() for n, p in wrecked.model.named_parameters() if "lora_B" in n)  # back to the base
-    from engine.personalize import before_after
+    from engine.workflows.personalize import before_after
 
     out = before_after(nf4_base, nf4_base, wrecked, audios[8:], texts[8:])
     assert not out["adapter_kept"] and out["wer"]["nf4+lora"] == out["wer"]["nf4"]
 
 
 def test_an_adapter_is_kept_only_for_a_lower_validation_wer():
-    from engine.personalize import best_epoch_of
+    from engine.workflows.personalize import best_epoch_of
 
     def trace(*pairs):
         return [{"epoch": i, "wer": w, "loss": loss} for i, (w, loss) in enumerate(pairs)]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from engine import models
+from engine.whisper import models
 from serving.admission import Admission
-from engine.artifacts import prune_artifacts
+from engine.quant.artifacts import prune_artifacts
 from engine.errors import ModelUnavailableError
 from serving.policy import BusyError, PolicyError, ServingPolicy
 

@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 
 from engine.run_history import RunHistory
 from serving.policy import ServingPolicy
-from engine.samples import sample_clips
+from engine.speech.samples import sample_clips
 from ui.app import build_app, launch_options
 from ui.handlers import Explorer
 

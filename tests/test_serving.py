@@ -76,8 +76,8 @@ def test_audio_key_is_the_samples_not_the_file():
 
 @pytest.mark.slow
 def test_a_shared_transcript_is_answered_without_the_model(tiny):
-    from engine.samples import sample_clips
-    from engine.audio import load_audio
+    from engine.speech.samples import sample_clips
+    from engine.speech.audio import load_audio
 
     desk = TranscriptionDesk()
     clip = next(c for c in sample_clips() if c.group == "demo")
@@ -91,8 +91,8 @@ def test_a_shared_transcript_is_answered_without_the_model(tiny):
 
 @pytest.mark.slow
 def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
-    from engine.audio import load_audio
-    from engine.samples import sample_clips
+    from engine.speech.audio import load_audio
+    from engine.speech.samples import sample_clips
 
     audios = [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:3]
     alone = [TranscriptionDesk(max_batch=1).transcribe(tiny, "tiny.en", a).text for a in audios]

@@ -15,9 +15,9 @@ import pytest
 
 from engine.cli import main
 from engine.run_history import RunHistory
-from engine.sweep.grid import GridError, parse_grid
-from engine.sweep.records import PointLog
-from engine.sweep.runner import InProcess, SweepState, run_sweep
+from engine.workflows.sweep.grid import GridError, parse_grid
+from engine.workflows.sweep.records import PointLog
+from engine.workflows.sweep.runner import InProcess, SweepState, run_sweep
 
 ISSUE_FORM = """
 models = ["tiny.en"]
@@ -122,8 +122,8 @@ def comparable(record: dict) -> tuple:
 @pytest.mark.slow
 def test_in_process_and_local_ray_give_identical_records_and_a_failure_does_not_stop_the_sweep(tmp_path, test_other, capsys):
     pytest.importorskip("ray")
-    from engine.sweep.grid import load_grid
-    from engine.sweep.runner import RayTasks
+    from engine.workflows.sweep.grid import load_grid
+    from engine.workflows.sweep.runner import RayTasks
 
     grid_path = grid_file(tmp_path, test_other, failing=True)
     history_path = tmp_path / "history.sqlite"
@@ -186,7 +186,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_points(tmp_path, test_o
     before = PointLog(out).records()
     assert 2 <= len(before) < 5, "the sweep should have been killed after its first point"
 
-    from engine.sweep.grid import load_grid
+    from engine.workflows.sweep.grid import load_grid
 
     executor = InProcess()
     executor.models["tiny.en"] = tiny  # the same weights the child loaded, without a second load

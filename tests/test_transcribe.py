@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.audio import SAMPLE_RATE, load_audio
-from engine.evaluate import TextScorer, load_dataset
-from engine.transcribe import transcribe
+from engine.speech.audio import SAMPLE_RATE, load_audio
+from engine.speech.evaluate import TextScorer, load_dataset
+from engine.speech.transcribe import transcribe
 
 from tests.helpers import speech_dir
 
@@ -38,15 +38,15 @@ def test_sixty_seconds_are_transcribed_whole(tiny, test_other):
 
 
 def test_batched_and_single_decoding_agree(tiny):
-    from engine.samples import sample_clips
+    from engine.speech.samples import sample_clips
 
     audios = [load_audio(c.path) for c in sample_clips()[:4]]
     assert transcribe(tiny, audios, batch_size=4) == [transcribe(tiny, [a])[0] for a in audios]
 
 
 def test_temperature_fallback_breaks_the_loops_of_a_collapsed_model(tiny, test_other):
-    from engine.methods import make_config
-    from engine.quantize import quantize
+    from engine.quant.registry import make_config
+    from engine.quant.quantize import quantize
 
     # Two clips on which RTN 3-bit tiny.en loops under greedy decoding (17 words each, 220+ decoded).
     utterances = [u for u in load_dataset(test_other) if u.id in ("1998-15444-0003", "2414-128291-0004")]

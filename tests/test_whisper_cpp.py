@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import ggml_lib
-from engine.codebook import nf4_quantize
-from engine.config import FADEConfig
-from engine.evaluate import TextScorer, load_dataset
-from engine.formats import IntFormat, rtn_quantize
-from engine.ggml_blocks import GgmlExportError, check_exportable, container_for, fits, pack
-from engine.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0
+from engine.deploy import ggml_lib
+from engine.quant.codebook import nf4_quantize
+from engine.quant.config import FADEConfig
+from engine.speech.evaluate import TextScorer, load_dataset
+from engine.quant.formats import IntFormat, rtn_quantize
+from engine.deploy.ggml_blocks import GgmlExportError, check_exportable, container_for, fits, pack
+from engine.deploy.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0
 from tests.helpers import speech_dir
 
 GRIDS = [  # (bits, symmetric, group size, integer zero) -> the narrowest ggml block that carries it
@@ -64,12 +64,12 @@ def test_formats_with_no_ggml_block_get_a_sentence():
 
 @pytest.mark.slow
 def test_exported_fade_4bit_transcribes_with_whisper_cpp(tiny, test_other, tmp_path):
-    from engine.experiment import build_calibration, calibration_clips
-    from engine.quantize import quantize
-    from engine.runtimes import ModelToRun, open_runtime
-    from engine.samples import SAMPLE_DIR
-    from engine.transcribe import transcribe
-    from engine.whisper_cpp_export import export_whisper_cpp
+    from engine.workflows.experiment import build_calibration, calibration_clips
+    from engine.quant.quantize import quantize
+    from engine.deploy.runtimes import ModelToRun, open_runtime
+    from engine.speech.samples import SAMPLE_DIR
+    from engine.speech.transcribe import transcribe
+    from engine.deploy.whisper_cpp_export import export_whisper_cpp
 
     calibration = build_calibration(tiny, calibration_clips(SAMPLE_DIR, 16, 0))  # as the page calibrates
     result = quantize(tiny, FADEConfig(bits=4, group_size=64), calibration)
@@ -83,7 +83,7 @@ def test_exported_fade_4bit_transcribes_with_whisper_cpp(tiny, test_other, tmp_p
     runtime = open_runtime("whisper.cpp", ModelToRun(result.loaded, result.tensors), threads=2, workdir=tmp_path)
     jfk = load_dataset(speech_dir("jfk"))[:1]
     clips = jfk + load_dataset(test_other)[:8]
-    from engine.audio import load_audio
+    from engine.speech.audio import load_audio
 
     audios = [load_audio(u.path) for u in clips]
     theirs = runtime.transcribe(audios)
@@ -99,12 +99,12 @@ def test_exported_fade_4bit_transcribes_with_whisper_cpp(tiny, test_other, tmp_p
 
 @pytest.mark.slow
 def test_ctranslate2_export_transcribes_with_faster_whisper_like_our_model(tiny, test_other, tmp_path):
-    from engine.audio import load_audio
-    from engine.config import RTNConfig
-    from engine.ct2_export import CT2ExportError, export_ctranslate2
-    from engine.quantize import quantize
-    from engine.runtimes import CTranslate2Runtime
-    from engine.transcribe import transcribe
+    from engine.speech.audio import load_audio
+    from engine.quant.config import RTNConfig
+    from engine.deploy.ct2_export import CT2ExportError, export_ctranslate2
+    from engine.quant.quantize import quantize
+    from engine.deploy.runtimes import CTranslate2Runtime
+    from engine.speech.transcribe import transcribe
 
     result = quantize(tiny, RTNConfig(bits=8, group_size=-1, symmetric=True))
     folder = export_ctranslate2("tiny.en", result.tensors, tmp_path / "ct2")
@@ -123,7 +123,7 @@ def test_ctranslate2_export_transcribes_with_faster_whisper_like_our_model(tiny,
 
 
 def test_fitted_encoder_window_covers_the_clip_and_never_exceeds_whisper_s():
-    from engine.runtimes import AUDIO_CTX_MARGIN, FULL_AUDIO_CTX, fitted_audio_ctx
+    from engine.deploy.runtimes import AUDIO_CTX_MARGIN, FULL_AUDIO_CTX, fitted_audio_ctx
 
     assert fitted_audio_ctx(5 * 16000) == 250 + AUDIO_CTX_MARGIN  # 50 encoder frames per second
     assert fitted_audio_ctx(5 * 16000 + 1) == 251 + AUDIO_CTX_MARGIN
@@ -132,11 +132,11 @@ def test_fitted_encoder_window_covers_the_clip_and_never_exceeds_whisper_s():
 
 @pytest.mark.slow
 def test_real_latency_times_each_format_once_and_names_it(tiny, tmp_path):
-    from engine.audio import load_audio
-    from engine.config import NF4Config, RTNConfig
-    from engine.latency import fastest_real_runtime
-    from engine.quantize import quantize
-    from engine.runtimes import ModelToRun
+    from engine.speech.audio import load_audio
+    from engine.quant.config import NF4Config, RTNConfig
+    from engine.deploy.latency import fastest_real_runtime
+    from engine.quant.quantize import quantize
+    from engine.deploy.runtimes import ModelToRun
 
     audios = [load_audio(u.path) for u in load_dataset(speech_dir("jfk"))[:1]]
     timed = {}
@@ -156,12 +156,12 @@ def test_real_latency_times_each_format_once_and_names_it(tiny, tmp_path):
 
 
 def test_quantized_output_layer_is_the_token_embedding_everywhere(tiny, tmp_path):
-    from engine.artifacts import load_quantized, save_quantized
-    from engine.config import RTNConfig
-    from engine.ct2_export import CT2ExportError, export_ctranslate2
-    from engine.layer_table import LayerTableError, apply_overrides, build_table
-    from engine.quantize import quantize
-    from engine.runtimes import ModelToRun
+    from engine.quant.artifacts import load_quantized, save_quantized
+    from engine.quant.config import RTNConfig
+    from engine.deploy.ct2_export import CT2ExportError, export_ctranslate2
+    from engine.quant.layer_table import LayerTableError, apply_overrides, build_table
+    from engine.quant.quantize import quantize
+    from engine.deploy.runtimes import ModelToRun
 
     plain = quantize(tiny, RTNConfig(bits=4, group_size=32))
     result = quantize(tiny, RTNConfig(bits=4, group_size=32, quantize_output=True))
@@ -188,11 +188,11 @@ def test_quantized_output_layer_is_the_token_embedding_everywhere(tiny, tmp_path
 
 @pytest.mark.slow
 def test_calibrated_methods_quantize_the_output_layer_from_the_final_norm(tiny):
-    from engine.config import GPTQConfig
-    from engine.experiment import build_calibration, calibration_clips
-    from engine.layer_table import apply_overrides, build_table
-    from engine.quantize import quantize
-    from engine.samples import SAMPLE_DIR
+    from engine.quant.config import GPTQConfig
+    from engine.workflows.experiment import build_calibration, calibration_clips
+    from engine.quant.layer_table import apply_overrides, build_table
+    from engine.quant.quantize import quantize
+    from engine.speech.samples import SAMPLE_DIR
 
     calibration = build_calibration(tiny, calibration_clips(SAMPLE_DIR, 4, 0))
     config = GPTQConfig(bits=4, group_size=32, quantize_output=True)

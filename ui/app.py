@@ -9,9 +9,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.layer_table import PRESETS
-from engine.methods import METHODS
-from engine.models import DEFAULT_MODEL, available_models
+from engine.quant.layer_table import PRESETS
+from engine.quant.registry import all_methods
+from engine.whisper.models import DEFAULT_MODEL, available_models
 from serving.memory import limit_malloc_arenas
 from ui.handlers import ALL, HISTORY_COLUMNS, TABLE_COLUMNS, Explorer
 
@@ -20,7 +20,8 @@ Squeeze Whisper into fewer bits and hear what it costs. **1.** Pick a method and
 **2.** Pick a clip, upload one or record yourself, press **Transcribe**: the full-precision and the quantized
 model answer side by side, with the words that changed highlighted."""
 
-METHOD_NOTES = (Path(__file__).resolve().parent.parent / "docs" / "methods.md")
+# docs/methods.md, through a link that makes it package data (so an installed ui finds it too).
+METHOD_NOTES = Path(__file__).resolve().parent / "methods.md"
 BITS = [8, 6, 5, 4, 3, 2]
 GROUP_SIZES = [32, 64, 128, -1]
 
@@ -37,7 +38,7 @@ def build_app(explorer: Explorer | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             model = gr.Dropdown(installed, value=DEFAULT_MODEL, label="Model", elem_id="model", scale=1)
-            method = gr.Dropdown([(f"{m.name}: {m.summary}", m.name) for m in METHODS.values()], value="fade",
+            method = gr.Dropdown([(f"{m.name}: {m.summary}", m.name) for m in all_methods().values()], value="fade",
                                  label="Method", elem_id="method", scale=3)
             bits = gr.Dropdown(BITS, value=4, label="Bits", elem_id="bits", scale=1)
             group_size = gr.Dropdown(GROUP_SIZES, value=64, label="Group size (-1: per channel)", elem_id="group", scale=1)

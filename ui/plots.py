@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from engine.diagnostics import LayerRecord
-from engine.size import SizeReport
+from engine.quant.diagnostics import LayerRecord
+from engine.quant.size import SizeReport
 
 HEIGHT = 340
 

@@ -1,0 +1,1 @@
+"""Quantization: configs, grids and codebooks, the layer table, the calibration pass, the methods, sizes, artifacts."""

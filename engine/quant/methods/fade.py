@@ -1,0 +1,87 @@
+"""FADE-style per-layer alpha: QEP whose propagation strength is set per layer from layer diagnostics.
+
+Our design (the paper's exact formulas were not available; this is labelled as our reconstruction):
+the calibration moments are kept in two clip-disjoint halves A and B. For each layer,
+  1. the QEP direction D_A = W (C_A - H^_A) (H^_A + lambda I)^-1 is fitted on A, and the layer's output
+     error on B is a quadratic in alpha (before rounding):
+         E_B(alpha) = E_B(0) - 2 alpha g_B + alpha^2 h_B,  g_B = tr(W (C_B - H^_B) D_A^T), h_B = tr(D_A H^_B D_A^T)
+     so alpha_AB = g_B / h_B; likewise alpha_BA with the halves swapped; alpha_ho = their mean;
+  2. reliability r in [0, 1]: the share of the in-sample error reduction that survives on held-out data,
+         r = clip( (g_B^2 / h_B) / (g_A^2 / h_A), 0, 1 )  averaged over both directions;
+  3. the layer's alpha, by the config's rule:
+       "heldout" (default): alpha_l = clip( alpha_ho, 0, alpha_max ): the held-out optimum itself;
+       "shrink":            alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, alpha_max ).
+     alpha_prior = the config's alpha, used by "heldout" only where the solve is degenerate (no drift to
+     correct, or no gain even in-sample).
+With speaker-disjoint halves alpha_ho answers "how much of a correction fitted on these voices helps another
+voice". r is close to alpha_ho^2 (the in-sample optimum is about 1), so "shrink" pulls exactly the layers
+whose correction does not transfer (small alpha_ho) up to the prior: measured, that made FADE loop with TTS
+calibration (docs/methods.md), hence the "heldout" default.
+No search and no retraining: everything comes from the moments the pass collects anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.quant.config import FADEConfig
+from engine.quant.layer_table import LayerSpec
+from engine.quant.registry import LayerOutcome, register
+from engine.quant.moments import LayerStats, Moments
+from engine.quant.methods.qep import drift_product, qep_direction
+from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format
+
+
+def _gain_curvature(drift: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:
+    """g = tr(W (C - H^) D^T), h = tr(D H^ D^T) of the output-error quadratic on moments m.
+    drift: W (C - H^) on m, (out, in) float64; d: (out, in)."""
+    d = d.double()
+    return float((drift * d).sum()), float(((d @ m.hq) * d).sum())
+
+
+def _heldout_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:
+    return prior if degenerate else alpha_ho
+
+
+def _shrink_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:
+    return reliability * alpha_ho + (1 - reliability) * prior
+
+
+ALPHA_RULES = {"heldout": _heldout_rule, "shrink": _shrink_rule}
+
+
+def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: float,
+               alpha_max: float = 1.0, rule: str = "heldout") -> tuple[float, dict]:
+    """Per-layer alpha from two disjoint halves of the calibration moments; returns (alpha, scores).
+
+    w: (out, in); a, b: the halves' moments, (in, in) each.
+    """
+    alphas, shares = [], []
+    drift_a, drift_b = drift_product(w, a), drift_product(w, b)  # each used by both directions
+    for fit, check, drift_fit, drift_check in ((a, b, drift_a, drift_b), (b, a, drift_b, drift_a)):
+        d = qep_direction(w, fit, damping, drift_fit)
+        g_in, h_in = _gain_curvature(drift_fit, d, fit)
+        g_out, h_out = _gain_curvature(drift_check, d, check)
+        if h_in <= 0 or h_out <= 0 or g_in <= 0:
+            continue
+        alphas.append(g_out / h_out)
+        shares.append(max(0.0, (g_out * g_out / h_out) / (g_in * g_in / h_in)) if g_out > 0 else 0.0)
+    degenerate = not alphas
+    alpha_ho = sum(alphas) / len(alphas) if alphas else prior
+    reliability = min(1.0, sum(shares) / 2)
+    alpha = ALPHA_RULES[rule](alpha_ho, reliability, prior, degenerate)
+    alpha = min(alpha_max, max(0.0, alpha))
+    notes = {"alpha_heldout": alpha_ho, "reliability": reliability}
+    notes.update({f"alpha_{name}": value for name, value in zip(("ab", "ba"), alphas)})  # each direction's optimum
+    return alpha, notes
+
+
+@register(FADEConfig, needs_calibration=True, summary="QEP with a per-layer alpha from held-out layer diagnostics",
+          check_row=layer_format)
+def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: FADEConfig) -> LayerOutcome:
+    m = stats.moments()
+    if spec.alpha is not None:  # a user-set alpha in the table wins
+        return corrected_outcome(w, m, spec, config, spec.alpha)
+    alpha, notes = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), config.alpha, config.qep_damping,
+                              config.alpha_max, config.rule)
+    return corrected_outcome(w, m, spec, config, alpha, notes)

@@ -1,0 +1,83 @@
+"""Audio to text with a LoadedModel: batched greedy decoding, long-form audio transcribed whole.
+
+Optionally with Whisper's temperature fallback (what openai-whisper and faster-whisper do by default): a
+window whose tokens compress too well (a repetition loop) or whose mean log-probability is too low is
+decoded again at the next temperature, sampling, seeded so that the same model gives the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from engine.speech.audio import SAMPLE_RATE
+from engine.whisper.models import LoadedModel
+from engine.progress import ProgressFn
+
+CHUNK_SECONDS = 30  # Whisper's fixed input window
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper's schedule
+# transformers measures the zlib compression ratio on the tokens, not on the text: its documented
+# counterpart of openai-whisper's 2.4 is 1.35.
+COMPRESSION_RATIO_THRESHOLD = 1.35
+LOGPROB_THRESHOLD = -1.0  # mean log-probability per token below which a window is decoded again
+FALLBACK_SEED = 0
+
+
+def _generate(loaded: LoadedModel, batch: Sequence[np.ndarray], long_form: bool, language: str | None,
+              fallback: bool) -> list[str]:
+    extractor = loaded.feature_extractor
+    if long_form:
+        # Keep the full length; transformers' generate walks it window by window using timestamps.
+        inputs = extractor(list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+                           padding="longest", return_attention_mask=True)
+    else:
+        inputs = extractor(list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+    kwargs = dict(num_beams=1, do_sample=False, return_timestamps=long_form)
+    if long_form:
+        kwargs["condition_on_prev_tokens"] = False
+    if loaded.tokens.is_multilingual:
+        kwargs.update(language=language or "en", task="transcribe")
+    if fallback:
+        kwargs.update(temperature=FALLBACK_TEMPERATURES, compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
+                      logprob_threshold=LOGPROB_THRESHOLD)
+    # Only the fallback samples; its fork keeps the seeding from touching the caller's random state.
+    with torch.inference_mode(), torch.random.fork_rng(enabled=fallback):
+        if fallback:
+            torch.manual_seed(FALLBACK_SEED)
+        out = loaded.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, **kwargs)
+    sequences = out["sequences"] if isinstance(out, dict) else out
+    return [loaded.tokens.decode(seq.tolist()) for seq in sequences]
+
+
+def transcribe(
+    loaded: LoadedModel,
+    audios: Sequence[np.ndarray],
+    batch_size: int = 8,
+    language: str | None = None,
+    progress: ProgressFn | None = None,
+    fallback: bool = False,
+) -> list[str]:
+    """Transcribe 16 kHz mono float32 arrays; returns one text per input, in order.
+
+    Clips up to 30 s are batched together; longer clips are transcribed whole (long-form). fallback: Whisper's
+    temperature fallback instead of greedy decoding alone.
+    """
+    texts: list[str | None] = [None] * len(audios)
+    limit = CHUNK_SECONDS * SAMPLE_RATE
+    short = [i for i, a in enumerate(audios) if len(a) <= limit]
+    long = [i for i, a in enumerate(audios) if len(a) > limit]
+    # Sort by length so each batch pads little.
+    batches = [(sorted(short, key=lambda i: len(audios[i])), False), (long, True)]
+    done = 0
+    for indices, long_form in batches:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            for i, text in zip(chunk, _generate(loaded, [audios[i] for i in chunk], long_form, language,
+                                                   fallback)):
+                texts[i] = text
+            done += len(chunk)
+            if progress:
+                progress(done / max(len(audios), 1), f"transcribed {done}/{len(audios)}")
+    return [t or "" for t in texts]

@@ -11,45 +11,67 @@ HEIGHT = 340
 
 
 def _labels(records: list[LayerRecord]) -> list[str]:
-    return [f"{'E' if r.part == 'encoder' else 'D'}{r.block}.{r.kind}" for r in records]
+    """The full name of each layer, for hover text: 'encoder block 0: self_attn.q_proj'."""
+    return [f"{r.part} block {r.block}: {r.kind}" for r in records]
+
+
+def _block_axis(fig: go.Figure, records: list[LayerRecord]) -> list[int]:
+    """Layers at x = 0, 1, ... in execution order; one tick per block (E0, E1, ..., D0, ...) and every other
+    block shaded, so the blocks read as groups; the layer names are on hover. Returns the x positions."""
+    x = list(range(len(records)))
+    starts = [i for i, r in enumerate(records)
+              if i == 0 or (r.part, r.block) != (records[i - 1].part, records[i - 1].block)]
+    ends = starts[1:] + [len(records)]
+    names = [f"{'E' if records[i].part == 'encoder' else 'D'}{records[i].block}" for i in starts]
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        if k % 2 == 0:
+            fig.add_vrect(x0=a - 0.5, x1=b - 0.5, fillcolor="#888", opacity=0.08, line_width=0, layer="below")
+    fig.update_xaxes(tickmode="array", tickvals=[(a + b - 1) / 2 for a, b in zip(starts, ends)], ticktext=names,
+                     tickfont=dict(size=12), title_text="block (E: encoder, D: decoder); hover for the layer")
+    return x
 
 
 def error_propagation(records: list[LayerRecord], title: str,
                       others: list[tuple[str, list[LayerRecord]]] = ()) -> go.Figure:
     """Input drift, local and output error per layer, in execution order (encoder then decoder); the output
     error of other recent runs (other methods or settings) overlaid as dotted lines."""
-    x = _labels(records)
     fig = go.Figure()
+    x, names = _block_axis(fig, records), _labels(records)
+    hover = dict(hovertext=names, hovertemplate="%{hovertext}<br>%{y:.2f}%<extra>%{fullData.name}</extra>")
     for label, other in others:
         values = [r.output_error for r in other]
         if len(other) == len(records) and any(v is not None for v in values):
             fig.add_trace(go.Scatter(x=x, y=[None if v is None else 100 * v for v in values], mode="lines",
-                                     name=f"output error: {label}", line=dict(dash="dot", width=1.5), opacity=0.7))
+                                     name=f"output error: {label}", line=dict(dash="dot", width=1.5), opacity=0.7,
+                                     **hover))
     series = [("output error", "output_error"), ("input drift (from upstream)", "input_drift"),
               ("local error (this layer)", "local_error"), ("output error without correction", "output_error_uncorrected")]
     for name, field in series:
         values = [getattr(r, field) for r in records]
         if any(v is not None for v in values):
             fig.add_trace(go.Scatter(x=x, y=[None if v is None else 100 * v for v in values], mode="lines+markers",
-                                     name=name))
+                                     name=name, **hover))
     if not fig.data:  # no calibration: only the weight error is known
-        fig.add_trace(go.Bar(x=x, y=[100 * r.weight_error for r in records], name="weight error"))
-    fig.update_layout(title=title, height=HEIGHT, yaxis_title="relative error (%)", margin=dict(l=50, r=20, t=50, b=80),
-                      legend=dict(orientation="h", y=-0.35), xaxis=dict(tickangle=-60, tickfont=dict(size=9)))
+        fig.add_trace(go.Bar(x=x, y=[100 * r.weight_error for r in records], name="weight error", **hover))
+    fig.update_layout(title=title, height=HEIGHT, yaxis_title="relative error (%)", margin=dict(l=50, r=20, t=50, b=60),
+                      legend=dict(orientation="h", y=-0.3), hovermode="closest")
     return fig
 
 
 def alpha_and_bits(records: list[LayerRecord]) -> go.Figure:
     """Bits per layer as bars, alpha per layer (QEP/FADE) as a line on a second axis."""
-    x = _labels(records)
-    fig = go.Figure(go.Bar(x=x, y=[r.bits for r in records], name="bits", marker_color="#9ab"))
+    fig = go.Figure()
+    x, names = _block_axis(fig, records), _labels(records)
+    fig.add_trace(go.Bar(x=x, y=[r.bits for r in records], name="bits", marker_color="#9ab", hovertext=names,
+                         hovertemplate="%{hovertext}<br>%{y} bits<extra></extra>"))
     alphas = [r.alpha for r in records]
     if any(a is not None for a in alphas):
-        fig.add_trace(go.Scatter(x=x, y=alphas, name="alpha", mode="lines+markers", yaxis="y2", line=dict(color="#c40")))
-    fig.update_layout(height=HEIGHT, title="Bits and alpha per layer", margin=dict(l=50, r=50, t=50, b=80),
+        fig.add_trace(go.Scatter(x=x, y=alphas, name="alpha", mode="lines+markers", yaxis="y2", line=dict(color="#c40"),
+                                 hovertext=names, hovertemplate="%{hovertext}<br>alpha %{y:.2f}<extra></extra>"))
+    fig.update_layout(height=HEIGHT, title="Bits and alpha per layer", margin=dict(l=50, r=50, t=50, b=60),
                       yaxis=dict(title="bits", range=[0, 17]),
                       yaxis2=dict(title="alpha", overlaying="y", side="right", range=[0, 1.05]),
-                      legend=dict(orientation="h", y=-0.35), xaxis=dict(tickangle=-60, tickfont=dict(size=9)))
+                      legend=dict(orientation="h", y=-0.3))
     return fig
 
 

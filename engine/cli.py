@@ -251,6 +251,17 @@ QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "a
                   "quantize_output")
 
 
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """What transcribe and eval share: batch size, JSON, a saved model or settings to quantize on the fly,
+    the decoding and the runtime."""
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
+    _add_decoding_option(p)
+    _add_runtime_options(p)
+    _add_quant_options(p)
+
+
 def _add_decoding_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fallback", action="store_true",
                    help="Whisper's temperature fallback when a window loops or is unsure (default: greedy only)")
@@ -363,26 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--language", default=None, help="language code for multilingual models (default: en)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
-    _add_decoding_option(p)
-    _add_runtime_options(p)
-    _add_quant_options(p)
+    _add_decoding_options(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = sub.add_parser("eval", help="WER/CER and real-time factor on a data folder")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", required=True, help="folder with refs.tsv or LibriSpeech *.trans.txt")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--per-utterance", action="store_true", help="include each utterance in --json output")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quantized", help="a folder saved by `asrq quantize`")
     p.add_argument("--seeds", type=int, default=1, help="calibration seeds (mean and std of WER)")
-    _add_decoding_option(p)
-    _add_runtime_options(p)
-    _add_quant_options(p)
+    _add_decoding_options(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("quantize", help="quantize a model and save it")

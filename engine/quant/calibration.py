@@ -156,31 +156,36 @@ def _in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bat
 
 # The generators drop each intermediate as soon as it is no longer needed: the two streams are suspended
 # side by side, so whatever a stage keeps alive counts twice.
-def encoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, **_):
+def _self_attention_stages(block: nn.Module, x: torch.Tensor, batch_size: int, mask: torch.Tensor | None):
     h = block.self_attn_layer_norm(x)
     yield {"self_attn.q_proj": h, "self_attn.k_proj": h, "self_attn.v_proj": h}
-    a = _attention_core(block.self_attn, h, batch_size, attention_mask=None)
+    a = _attention_core(block.self_attn, h, batch_size, attention_mask=mask)
     del h
     yield {"self_attn.out_proj": a}
-    x = x + block.self_attn.out_proj(a)
-    del a
+    return x + block.self_attn.out_proj(a)
+
+
+def _feed_forward_stages(block: nn.Module, x: torch.Tensor, batch_size: int, batched: bool):
+    """batched: the encoder's wide activations go through fc1/fc2 a few clips at a time."""
+    def apply(fn, t: torch.Tensor) -> torch.Tensor:
+        return _in_batches(fn, t, batch_size) if batched else fn(t)
+
     h = block.final_layer_norm(x)
     yield {"fc1": h}
-    f = _in_batches(lambda t: block.activation_fn(block.fc1(t)), h, batch_size)
+    f = apply(lambda t: block.activation_fn(block.fc1(t)), h)
     del h
     yield {"fc2": f}
-    return x + _in_batches(block.fc2, f, batch_size)
+    return x + apply(block.fc2, f)
+
+
+def encoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, **_):
+    x = yield from _self_attention_stages(block, x, batch_size, None)
+    return (yield from _feed_forward_stages(block, x, batch_size, batched=True))
 
 
 def decoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, encoder_out: torch.Tensor,
                          causal_mask: torch.Tensor):
-    h = block.self_attn_layer_norm(x)
-    yield {"self_attn.q_proj": h, "self_attn.k_proj": h, "self_attn.v_proj": h}
-    a = _attention_core(block.self_attn, h, batch_size, attention_mask=causal_mask)
-    del h
-    yield {"self_attn.out_proj": a}
-    x = x + block.self_attn.out_proj(a)
-    del a
+    x = yield from _self_attention_stages(block, x, batch_size, causal_mask)
     h = block.encoder_attn_layer_norm(x)
     yield {"encoder_attn.q_proj": h, "encoder_attn.k_proj": encoder_out, "encoder_attn.v_proj": encoder_out}
     c = _attention_core(block.encoder_attn, h, batch_size, key_value_states=encoder_out)
@@ -188,12 +193,7 @@ def decoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, enc
     yield {"encoder_attn.out_proj": c}
     x = x + block.encoder_attn.out_proj(c)
     del c
-    h = block.final_layer_norm(x)
-    yield {"fc1": h}
-    f = block.activation_fn(block.fc1(h))
-    del h
-    yield {"fc2": f}
-    return x + block.fc2(f)
+    return (yield from _feed_forward_stages(block, x, batch_size, batched=False))
 
 
 GroupCallback = Callable[[str, int, dict[str, nn.Linear], dict[str, LayerStats]], None]

@@ -24,15 +24,15 @@ from pathlib import Path
 
 from bench.common import RESULTS, cpu, speech, speech_clips, write_results
 from bench.methods import N_CALIB, REAL_CALIBRATION
-from engine.speech.evaluate import TextScorer
-from engine.workflows.experiment import build_calibration, calibration_clips
 from engine.deploy.ggml_lib import Q4_0, Q4_1, Q5_1, Q8_0
-from engine.speech.intervals import paired_delta, wer_interval
-from engine.quant.registry import make_config
-from engine.whisper.models import REGISTRY, load_model
-from engine.quant.quantize import quantize
 from engine.deploy.runtimes import AUDIO_CTX_MARGIN, AUTO_AUDIO_CTX, CTranslate2Runtime, ModelToRun, WhisperCppRuntime
 from engine.deploy.whisper_cpp_export import export_whisper_cpp
+from engine.quant.quantize import quantize
+from engine.quant.registry import make_config
+from engine.speech.evaluate import TextScorer
+from engine.speech.intervals import paired_delta, wer_interval
+from engine.whisper.models import REGISTRY, load_model
+from engine.workflows.experiment import build_calibration, calibration_clips
 
 log = logging.getLogger("bench.deployment")
 

@@ -13,8 +13,8 @@ import torch
 
 from bench.common import test_other_clips, write_results
 from engine.speech.evaluate import TextScorer
-from engine.whisper.models import REGISTRY, load_model
 from engine.speech.transcribe import transcribe
+from engine.whisper.models import REGISTRY, load_model
 
 log = logging.getLogger("bench.foundation")
 

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bench.common import write_results
-from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.errors import AudioError
+from engine.speech.audio import SAMPLE_RATE, load_audio
 
 log = logging.getLogger("bench.fuzz_audio")
 

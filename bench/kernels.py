@@ -13,12 +13,12 @@ import torch
 from bench.common import test_other_clips, write_results
 from bench.foundation import run_faster_whisper, run_ours
 from engine.quant.config import FADEConfig, W8A8Config
-from engine.speech.evaluate import TextScorer
-from engine.workflows.experiment import build_calibration, calibration_clips
 from engine.quant.kernels import int4_weight_only, int8_dynamic
-from engine.whisper.models import REGISTRY, load_model
 from engine.quant.quantize import quantize
+from engine.speech.evaluate import TextScorer
 from engine.speech.samples import SAMPLE_DIR
+from engine.whisper.models import REGISTRY, load_model
+from engine.workflows.experiment import build_calibration, calibration_clips
 
 log = logging.getLogger("bench.kernels")
 

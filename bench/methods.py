@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, speech, write_results
+from engine.quant.layer_table import PRESETS, preset_table
+from engine.quant.quantize import quantize
+from engine.quant.registry import get_method, make_config
 from engine.speech.evaluate import evaluate, load_dataset, mean_std
 from engine.speech.intervals import paired_delta
-from engine.workflows.experiment import build_calibration, calibration_clips
-from engine.quant.layer_table import PRESETS, preset_table
-from engine.quant.registry import get_method, make_config
-from engine.whisper.models import load_model
-from engine.quant.quantize import quantize
 from engine.speech.samples import SAMPLE_DIR
+from engine.whisper.models import load_model
+from engine.workflows.experiment import build_calibration, calibration_clips
 
 log = logging.getLogger("bench.methods")
 

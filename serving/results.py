@@ -11,8 +11,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from engine.quant.artifacts import load_quantized, prune_artifacts
 from engine.errors import UserError
+from engine.quant.artifacts import load_quantized, prune_artifacts
 from engine.whisper.models import LoadedModel
 from serving.memory import release_memory
 

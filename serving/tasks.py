@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
+from engine.deploy.latency import fastest_real_runtime, runnable_runtimes
+from engine.deploy.runtimes import ModelToRun
+from engine.progress import ProgressFn
 from engine.quant.artifacts import ArtifactError, save_quantized, verify_artifact
+from engine.quant.layer_table import apply_overrides, build_table
+from engine.quant.quantize import quantize
+from engine.quant.registry import get_method, make_config
 from engine.speech.audio import load_audio
 from engine.speech.evaluate import evaluate
-from engine.workflows.experiment import build_calibration, calibration_clips, interval_summary
-from engine.deploy.latency import fastest_real_runtime, runnable_runtimes
-from engine.quant.layer_table import apply_overrides, build_table
-from engine.quant.registry import get_method, make_config
-from engine.whisper.models import load_model
-from engine.progress import ProgressFn
-from engine.quant.quantize import quantize
-from engine.deploy.runtimes import ModelToRun
 from engine.speech.samples import SAMPLE_DIR, EvalSet, eval_set
+from engine.whisper.models import load_model
+from engine.workflows.experiment import build_calibration, calibration_clips, interval_summary
 from serving.model_cache import ModelCache
 
 log = logging.getLogger(__name__)

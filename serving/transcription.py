@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.whisper.models import LoadedModel
 from engine.speech.transcribe import transcribe
+from engine.whisper.models import LoadedModel
 from serving.admission import Admission
 
 DECODING = "greedy"  # the page's decoding; part of the key so that another decoding never shares an answer

@@ -8,8 +8,8 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.speech.audio import SAMPLE_RATE, load_audio, prepare_audio
 from engine.errors import AudioError
+from engine.speech.audio import SAMPLE_RATE, load_audio, prepare_audio
 
 from tests.helpers import speech_dir
 

@@ -10,9 +10,9 @@ from engine.quant.codebook import NF4_LEVELS, CodebookTensor, DoubleQuant, codeb
 from engine.quant.config import ConfigError, GQConfig, NF4Config
 from engine.quant.formats import IntFormat, rtn_quantize
 from engine.quant.layer_table import LayerSpec, LayerTableError
-from engine.quant.registry import get_method, make_config
 from engine.quant.methods.gq import mu_law_levels, train_codebook
 from engine.quant.moments import LayerStats, output_error
+from engine.quant.registry import get_method, make_config
 from tests.helpers import layer_setup
 
 

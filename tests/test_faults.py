@@ -15,8 +15,8 @@ import pytest
 
 from engine.quant.artifacts import ArtifactError, WEIGHTS_FILE, load_quantized
 from serving.job_queue import JobQueue
-from serving.worker import JobFailed
 from serving.tasks import quantize_task
+from serving.worker import JobFailed
 
 from tests.helpers import REPO
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz_audio import check_loaded, damaged_audio
-from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.errors import AudioError, UserError
+from engine.speech.audio import SAMPLE_RATE, load_audio
 
 
 def tone(seconds: float, rate: int = SAMPLE_RATE, channels: int = 1) -> np.ndarray:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.errors import UserError
 from engine.quant.config import ConfigError, FADEConfig, GPTQConfig, QEPConfig
 from engine.quant.formats import IntFormat, rtn_quantize
 from engine.quant.layer_table import LayerSpec
-from engine.quant.registry import all_methods, get_method, make_config
 from engine.quant.methods.fade import fade_alpha
 from engine.quant.methods.gptq import gptq_quantize
-from engine.quant.moments import LayerStats, local_error, output_error
 from engine.quant.methods.qep import qep_correct
-from engine.errors import UserError
+from engine.quant.moments import LayerStats, local_error, output_error
+from engine.quant.registry import all_methods, get_method, make_config
 from tests.helpers import correlated_inputs, layer_setup
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.speech.audio import load_audio
 from engine.errors import ModelUnavailableError
+from engine.speech.audio import load_audio
 from engine.speech.evaluate import load_dataset
-from engine.whisper.models import REGISTRY, available_models, load_model
 from engine.speech.transcribe import transcribe
+from engine.whisper.models import REGISTRY, available_models, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.speech.audio import load_audio
 from engine.quant.config import NF4Config
+from engine.speech.audio import load_audio
 from engine.speech.evaluate import load_dataset
 from engine.workflows.personalize import (LoRASettings, PersonalizeError, adapted, list_speakers, load_adapter, personalize,
                                 save_adapter)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from engine.errors import ModelUnavailableError
+from engine.quant.artifacts import prune_artifacts
 from engine.whisper import models
 from serving.admission import Admission
-from engine.quant.artifacts import prune_artifacts
-from engine.errors import ModelUnavailableError
 from serving.policy import BusyError, PolicyError, ServingPolicy
 
 

@@ -11,8 +11,8 @@ import soundfile as sf
 from gradio_client import Client, handle_file
 
 from engine.run_history import RunHistory
-from serving.policy import ServingPolicy
 from engine.speech.samples import sample_clips
+from serving.policy import ServingPolicy
 from ui.app import build_app, launch_options
 from ui.handlers import Explorer
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from engine.quant.artifacts import FORMAT_VERSION, load_quantized, save_quantized
-from engine.speech.audio import load_audio
 from engine.quant.calibration import TwoStreamPass
 from engine.quant.config import FADEConfig, GPTQConfig, GQConfig, NF4Config, RTNConfig, W8A8Config
-from engine.workflows.experiment import build_calibration, calibration_clips
 from engine.quant.layer_table import apply_overrides, build_table
 from engine.quant.quantize import quantize
+from engine.speech.audio import load_audio
 from engine.speech.samples import SAMPLE_DIR, sample_clips
 from engine.speech.transcribe import transcribe
+from engine.workflows.experiment import build_calibration, calibration_clips
 
 pytestmark = pytest.mark.slow
 

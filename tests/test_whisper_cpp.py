@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from engine.deploy import ggml_lib
-from engine.quant.codebook import nf4_quantize
-from engine.quant.config import FADEConfig
-from engine.speech.evaluate import TextScorer, load_dataset
-from engine.quant.formats import IntFormat, rtn_quantize
 from engine.deploy.ggml_blocks import GgmlExportError, check_exportable, container_for, fits, pack
 from engine.deploy.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0
+from engine.quant.codebook import nf4_quantize
+from engine.quant.config import FADEConfig
+from engine.quant.formats import IntFormat, rtn_quantize
+from engine.speech.evaluate import TextScorer, load_dataset
 from tests.helpers import speech_dir
 
 GRIDS = [  # (bits, symmetric, group size, integer zero) -> the narrowest ggml block that carries it

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.quant.artifacts import prune_artifacts
-from engine.speech.audio import SAMPLE_RATE, load_audio
-from engine.quant.diagnostics import LayerRecord
 from engine.errors import UserError
-from engine.speech.evaluate import TextScorer
+from engine.paths import data_dir
+from engine.quant.artifacts import prune_artifacts
+from engine.quant.diagnostics import LayerRecord
 from engine.quant.layer_table import apply_overrides, build_table, parse_overrides, preset_table
 from engine.quant.registry import get_method, make_config
-from engine.whisper.models import DEFAULT_MODEL, available_models
-from engine.paths import data_dir
-from engine.speech.samples import SampleClip, sample_clips
 from engine.quant.size import SizeReport
-from engine.speech.textdiff import word_diff
 from engine.run_history import RunHistory
+from engine.speech.audio import SAMPLE_RATE, load_audio
+from engine.speech.evaluate import TextScorer
+from engine.speech.samples import SampleClip, sample_clips
+from engine.speech.textdiff import word_diff
+from engine.whisper.models import DEFAULT_MODEL, available_models
 from serving.job_queue import JobQueue
 from serving.model_cache import ModelCache
 from serving.policy import ServingPolicy

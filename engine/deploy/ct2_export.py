@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.whisper.ct2 import read_model_bin
 from engine.errors import UserError
 from engine.quant.formats import QuantizedTensor
 from engine.quant.layer_table import OUTPUT_LAYER
+from engine.whisper.ct2 import read_model_bin
 from engine.whisper.models import REGISTRY
 
 BINARY_VERSION = 6

@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.deploy.ct2_export import export_ctranslate2
-from engine.errors import UserError
 from engine.deploy.runtimes import ModelToRun
 from engine.deploy.whisper_cpp_export import ExportReport
+from engine.errors import UserError
 
 
 def _whisper_cpp(folder: Path, out: Path) -> ExportReport:

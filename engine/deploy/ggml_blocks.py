@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.deploy.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0, GgmlType
 from engine.errors import UserError
 from engine.quant.formats import QuantizedTensor
-from engine.deploy.ggml_lib import F16, Q4_0, Q4_1, Q5_1, Q8_0, GgmlType
 
 BLOCK = 32
 # Narrowest first: a file's one type is the narrowest that carries every layer.

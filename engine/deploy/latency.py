@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.speech.audio import SAMPLE_RATE
 from engine.deploy.ct2_export import int8_rows
-from engine.errors import UserError
 from engine.deploy.ggml_blocks import check_exportable
-from engine.whisper.models import REGISTRY
 from engine.deploy.runtimes import ModelToRun, default_label, open_runtime
+from engine.errors import UserError
+from engine.speech.audio import SAMPLE_RATE
+from engine.whisper.models import REGISTRY
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.deploy.ggml_lib import GgmlType
 from engine.errors import UserError
 from engine.quant.formats import QuantizedTensor
-from engine.deploy.ggml_lib import GgmlType
 from engine.quant.layer_table import OUTPUT_LAYER
-from engine.whisper.models import LoadedModel
 from engine.speech.transcribe import transcribe
+from engine.whisper.models import LoadedModel
 
 
 class RuntimeUnavailableError(UserError):

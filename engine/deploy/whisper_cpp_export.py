@@ -24,9 +24,9 @@ import torch
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from engine.deploy import ggml_lib
-from engine.quant.formats import QuantizedTensor
 from engine.deploy.ggml_blocks import check_exportable, container_for, pack
 from engine.deploy.ggml_lib import F16, F32, GgmlType
+from engine.quant.formats import QuantizedTensor
 from engine.quant.layer_table import OUTPUT_LAYER
 from engine.whisper.models import LoadedModel
 

@@ -16,7 +16,6 @@ weights file's SHA-256, so a file damaged later is refused on load instead of gi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -30,13 +29,14 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
+from engine.digest import files_sha256
+from engine.errors import UserError
 from engine.quant.activation_quant import attach_input_quantizers
 from engine.quant.codebook import CodebookTensor
-from engine.errors import UserError
 from engine.quant.formats import QuantizedTensor
-from engine.whisper.models import LoadedModel
 from engine.quant.quantize import QuantizationResult
 from engine.quant.size import unique_parameters, weight_storage
+from engine.whisper.models import LoadedModel
 from engine.whisper.tokens import WhisperTokens
 
 # 3: asymmetric integer grids store float16 minimums (or uint8 zeros with integer_zero); 2: weight kinds (int,
@@ -101,7 +101,7 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict 
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": KIND})
-        meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
+        meta["weights_sha256"] = files_sha256([tmp / WEIGHTS_FILE])
         result.loaded.tokens.tokenizer.save(str(tmp / TOKENIZER_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if out_dir.exists():
@@ -116,14 +116,6 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict 
     return out_dir
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_artifact(folder: str | Path) -> dict:
     """The metadata of a sound artifact; ArtifactError if any file is missing or its weights changed since saving."""
     folder = Path(folder)
@@ -132,7 +124,7 @@ def verify_artifact(folder: str | Path) -> dict:
     if not weights.is_file() or not (folder / TOKENIZER_FILE).is_file():
         raise ArtifactError(f"{folder} is incomplete (its weights or tokenizer file is missing).")
     expected = meta.get("weights_sha256")
-    if expected is not None and file_sha256(weights) != expected:
+    if expected is not None and files_sha256([weights]) != expected:
         raise ArtifactError(f"{weights} is damaged (its checksum differs from the one saved with it).")
     return meta
 

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.speech.audio import SAMPLE_RATE
+from engine.progress import ProgressFn
 from engine.quant.layer_table import OUTPUT_LAYER, linear_layers
 from engine.quant.moments import LayerStats
+from engine.speech.audio import SAMPLE_RATE
 from engine.whisper.models import LoadedModel
-from engine.progress import ProgressFn
 from engine.whisper.tokens import padded_rows
 
 ENCODER_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),

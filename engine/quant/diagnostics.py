@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from engine.quant.layer_table import LayerSpec
-from engine.quant.registry import LayerOutcome
 from engine.quant.moments import LayerStats, input_drift, local_error, output_error
+from engine.quant.registry import LayerOutcome
 
 
 @dataclass(frozen=True)

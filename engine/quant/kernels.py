@@ -19,8 +19,8 @@ from torch import nn
 from engine.quant.activation_quant import remove_input_quantizers
 from engine.quant.formats import QuantizedTensor
 from engine.quant.layer_table import linear_layers
-from engine.whisper.models import LoadedModel
 from engine.quant.quantize import QuantizationResult
+from engine.whisper.models import LoadedModel
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 INT4_INNER_K_TILES = 2

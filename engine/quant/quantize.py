@@ -15,16 +15,16 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from engine.errors import UserError
+from engine.progress import ProgressFn
 from engine.quant.calibration import PAD_STRIDE, BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
 from engine.quant.config import QuantConfig
 from engine.quant.diagnostics import LayerRecord, record_for, refined_record
-from engine.errors import UserError
 from engine.quant.layer_table import OUTPUT_LAYER, LayerSpec, build_table, table_layers
-from engine.quant.registry import QuantizedWeight, get_method
 from engine.quant.moments import LayerStats
-from engine.whisper.models import LoadedModel
-from engine.progress import ProgressFn
+from engine.quant.registry import QuantizedWeight, get_method
 from engine.quant.size import SizeReport, size_report, weight_storage
+from engine.whisper.models import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import jiwer
 import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.errors import DatasetError
-from engine.whisper.models import LoadedModel
 from engine.progress import ProgressFn
+from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.speech.transcribe import transcribe
+from engine.whisper.models import LoadedModel
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from engine.speech.audio import SAMPLE_RATE
 from engine.errors import UserError
+from engine.speech.audio import SAMPLE_RATE
 
 
 class MicrophoneUnavailableError(UserError):

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from engine.progress import ProgressFn
 from engine.speech.audio import SAMPLE_RATE
 from engine.whisper.models import LoadedModel
-from engine.progress import ProgressFn
 
 CHUNK_SECONDS = 30  # Whisper's fixed input window
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper's schedule

@@ -7,7 +7,6 @@ CTranslate2 sources are converted once and cached as safetensors, keyed by a has
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -22,8 +21,9 @@ import torch
 from safetensors import SafetensorError
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-from engine.whisper import ct2
+from engine.digest import files_sha256
 from engine.errors import ModelUnavailableError
+from engine.whisper import ct2
 from engine.whisper.tokens import WhisperTokens
 
 log = logging.getLogger(__name__)
@@ -215,12 +215,7 @@ def convert_ct2(files: CT2Files) -> WhisperForConditionalGeneration:
 
 
 def _hash_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256(f"asrq-cache-{CACHE_FORMAT}".encode())
-    for path in paths:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:20]
+    return files_sha256(paths, salt=f"asrq-cache-{CACHE_FORMAT}")[:20]
 
 
 def _load_cached_or_convert(name: str, files: CT2Files) -> WhisperForConditionalGeneration:

@@ -9,17 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.speech.audio import load_audio
+from engine.errors import DatasetError
+from engine.progress import ProgressFn
 from engine.quant.calibration import CalibrationData, prepare_calibration
 from engine.quant.config import QuantConfig
-from engine.errors import DatasetError
+from engine.quant.layer_table import LayerSpec
+from engine.quant.quantize import QuantizationResult, quantize
+from engine.quant.registry import get_method
+from engine.speech.audio import load_audio
 from engine.speech.evaluate import EvalReport, Utterance, evaluate, load_dataset, mean_std, split_calibration
 from engine.speech.intervals import describe_delta, paired_delta, wer_interval
-from engine.quant.layer_table import LayerSpec
-from engine.quant.registry import get_method
 from engine.whisper.models import LoadedModel
-from engine.progress import ProgressFn
-from engine.quant.quantize import QuantizationResult, quantize
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.speech.audio import SAMPLE_RATE
 from engine.errors import UserError
-from engine.whisper.models import LoadedModel
 from engine.paths import data_dir
 from engine.progress import ProgressFn
+from engine.speech.audio import SAMPLE_RATE
+from engine.whisper.models import LoadedModel
 from engine.whisper.tokens import padded_rows
 
 log = logging.getLogger(__name__)

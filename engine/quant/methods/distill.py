@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from engine.progress import ProgressFn
 from engine.quant.calibration import CalibrationData
 from engine.quant.codebook import CodebookTensor, codebook_quantize, nearest_level
 from engine.quant.formats import block_view
-from engine.progress import ProgressFn
 
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ import torch
 
 from engine.quant.config import FADEConfig
 from engine.quant.layer_table import LayerSpec
-from engine.quant.registry import LayerOutcome, register
-from engine.quant.moments import LayerStats, Moments
 from engine.quant.methods.qep import drift_product, qep_direction
 from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format
+from engine.quant.moments import LayerStats, Moments
+from engine.quant.registry import LayerOutcome, register
 
 
 def _gain_curvature(drift: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:

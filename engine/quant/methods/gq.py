@@ -38,9 +38,9 @@ from engine.quant.codebook import CodebookTensor, codebook_quantize
 from engine.quant.config import GQConfig
 from engine.quant.formats import block_view
 from engine.quant.layer_table import LayerSpec
-from engine.quant.registry import LayerOutcome, register
 from engine.quant.methods.distill import DistillSettings, TrainableCodebook, distill_codebooks
 from engine.quant.moments import LayerStats, Moments
+from engine.quant.registry import LayerOutcome, register
 from engine.whisper.models import LoadedModel
 
 

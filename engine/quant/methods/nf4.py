@@ -7,8 +7,8 @@ import torch
 from engine.quant.codebook import nf4_quantize
 from engine.quant.config import NF4Config
 from engine.quant.layer_table import LayerSpec, LayerTableError
-from engine.quant.registry import LayerOutcome, register
 from engine.quant.moments import LayerStats
+from engine.quant.registry import LayerOutcome, register
 
 
 def check_nf4_row(spec: LayerSpec, config: NF4Config) -> None:

@@ -7,10 +7,10 @@ import torch
 from engine.quant.config import GPTQConfig, QEPConfig, QuantConfig, RTNConfig
 from engine.quant.formats import IntFormat, QuantizedTensor, rtn_quantize
 from engine.quant.layer_table import LayerSpec, LayerTableError
-from engine.quant.registry import LayerOutcome, register
 from engine.quant.methods.gptq import gptq_quantize
-from engine.quant.moments import LayerStats, Moments
 from engine.quant.methods.qep import qep_correct
+from engine.quant.moments import LayerStats, Moments
+from engine.quant.registry import LayerOutcome, register
 
 
 def layer_format(spec: LayerSpec, config: QuantConfig) -> IntFormat:

@@ -13,9 +13,9 @@ from engine.quant.calibration import CalibrationData
 from engine.quant.config import W8A8Config
 from engine.quant.formats import rtn_quantize
 from engine.quant.layer_table import LayerSpec
-from engine.quant.registry import LayerOutcome, register
-from engine.quant.moments import LayerStats
 from engine.quant.methods.rtn_gptq_qep import layer_format
+from engine.quant.moments import LayerStats
+from engine.quant.registry import LayerOutcome, register
 from engine.whisper.models import LoadedModel
 
 

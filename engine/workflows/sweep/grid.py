@@ -33,8 +33,8 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.quant.layer_table import PRESETS, load_overrides
 from engine.quant.registry import get_method, make_config
-from engine.whisper.models import available_models
 from engine.speech.samples import SAMPLE_DIR
+from engine.whisper.models import available_models
 
 GRID_KEYS = {"name", "models", "data", "calib", "seeds", "limit", "n_calib", "cpus_per_point", "memory_gb", "methods"}
 ENTRY_AXES = ("bits", "group_size")  # method keys that may be lists (the other settings are single values)

@@ -17,15 +17,15 @@ from dataclasses import asdict
 import torch
 
 from engine.errors import UserError
-from engine.speech.evaluate import evaluate
-from engine.workflows.experiment import build_calibration, calibration_clips, data_utterances
-from engine.speech.intervals import wer_interval
-from engine.quant.layer_table import apply_overrides, preset_table
-from engine.quant.registry import get_method, make_config
-from engine.whisper.models import LoadedModel, load_model
-from engine.quant.quantize import quantize
-from engine.quant.size import SizeReport, unique_parameters
 from engine.quant.formats import FP16_BYTES, FP32_BYTES
+from engine.quant.layer_table import apply_overrides, preset_table
+from engine.quant.quantize import quantize
+from engine.quant.registry import get_method, make_config
+from engine.quant.size import SizeReport, unique_parameters
+from engine.speech.evaluate import evaluate
+from engine.speech.intervals import wer_interval
+from engine.whisper.models import LoadedModel, load_model
+from engine.workflows.experiment import build_calibration, calibration_clips, data_utterances
 from engine.workflows.sweep.grid import Point
 
 log = logging.getLogger(__name__)

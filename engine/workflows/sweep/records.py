@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from engine.speech.intervals import paired_delta
 from engine.run_history import RunHistory
+from engine.speech.intervals import paired_delta
 
 log = logging.getLogger(__name__)
 

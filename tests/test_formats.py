@@ -106,3 +106,20 @@ def test_clip_search_grid_has_lower_error_than_min_max(bits):
     searched = rtn_quantize(w, IntFormat(bits, 32, clip_search=True)).dequantize()
     assert (searched - w).abs().pow(2.4).sum() < (plain - w).abs().pow(2.4).sum()
     assert (searched - w).norm() < (plain - w).norm()
+
+
+def test_symmetric_grid_keeps_zero_exact_and_mirrors_signs():
+    torch.manual_seed(3)
+    w = torch.randn(8, 64)
+    w[:, ::7] = 0.0
+    fmt = IntFormat(4, 32, symmetric=True)
+    q, q_neg = rtn_quantize(w, fmt), rtn_quantize(-w, fmt)
+    assert bool((q.zero == 8).all())  # zero sits at the middle code of 16
+    d, d_neg = q.dequantize(), q_neg.dequantize()
+    assert bool((d[:, ::7] == 0).all())  # a zero weight stays exactly zero
+    # -w rounds to minus what w rounds to, except a group's largest positive weight: the grid has one code
+    # more below zero than above, so +absmax clips half a step down while -absmax is exact.
+    groups = w.abs().reshape(8, 2, 32)
+    top = (groups == groups.amax(dim=2, keepdim=True)).reshape(8, 64)
+    mirrored = (d + d_neg).abs() <= 1e-6
+    assert bool(mirrored[~top].all()) and not bool(mirrored[top].all())

@@ -149,6 +149,6 @@ def test_w8a8_runs_end_to_end_and_reloads_its_activation_quantizers(tiny, calibr
     reference = transcribe(tiny, demo_audio)
     texts = transcribe(result.loaded, demo_audio)
     assert texts != [""] * len(texts)
-    assert sum(a == b for a, b in zip(texts, reference)) >= 1  # 8-bit keeps most transcripts
+    assert sum(a == b for a, b in zip(texts, reference)) >= 3  # 8-bit keeps most transcripts (all 4 when written)
     meta = _round_trip(result, demo_audio, tmp_path / "w8a8")
     assert meta["activations"]["mode"] == activations

@@ -12,7 +12,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.fuzz_audio import check_loaded, damaged_audio
+from tests.audio_fuzz import check_loaded, damaged_audio
 from engine.errors import AudioError, UserError
 from engine.speech.audio import SAMPLE_RATE, load_audio
 

@@ -26,3 +26,11 @@ def tiny():
 @pytest.fixture(scope="session")
 def test_other():
     return speech_dir("librispeech-test-other")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """Environment changes for one test module, undone after it (nothing leaks into the next module)."""
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()

@@ -25,13 +25,6 @@ def client(tmp_path_factory, monkeypatch_module):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
 def test_quantize_then_transcribe_side_by_side(client):
     info = client.predict("tiny.en", "rtn", 4, 64, 0.5, 0, "", api_name="/quantize")
     assert info["size_bytes"] < info["fp32_size_bytes"] / 2.5 and len(info["per_layer"]) == 64

@@ -24,11 +24,9 @@ JOB_TIMEOUT_MS = 300_000  # one quantization on 2 busy cores
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    import os
-
-    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
-    os.environ["ASRQ_DATA_DIR"] = str(tmp_path_factory.mktemp("asrq-data"))
+def app_url(tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+    monkeypatch_module.setenv("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))
     from ui.app import build_app
 
     demo = build_app()

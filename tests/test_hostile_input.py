@@ -93,10 +93,8 @@ def test_damaged_files_decode_or_get_one_sentence(tmp_path, data):
 # ------------------------------------------------------------------ job requests from the page or the API
 
 @pytest.fixture(scope="module")
-def explorer(tmp_path_factory, tiny):
-    import os
-
-    os.environ.setdefault("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))
+def explorer(tmp_path_factory, tiny, monkeypatch_module):
+    monkeypatch_module.setenv("ASRQ_DATA_DIR", str(tmp_path_factory.mktemp("asrq-data")))
     from engine.run_history import RunHistory
     from serving.model_cache import ModelCache
     from ui.handlers import Explorer

@@ -158,9 +158,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_on_runtime(args: argparse.Namespace, utterances, where: dict) -> int:
     """Score on a real runtime; a quantized model is compared with its full-precision model on the same runtime."""
+    from engine.deploy.runtimes import ModelToRun
     from engine.speech.evaluate import evaluate_transcriber
     from engine.workflows.experiment import interval_summary
-    from engine.deploy.runtimes import ModelToRun
 
     if args.fallback:
         raise UserError("real runtimes decode greedily here; --fallback needs --runtime torch.")
@@ -173,8 +173,10 @@ def _eval_on_runtime(args: argparse.Namespace, utterances, where: dict) -> int:
 
         base = load_model(model.base_model)
         fp32 = evaluate_transcriber(_runtime(args, ModelToRun(base, base_model=model.base_model)).transcribe, utterances)
+    # fake_quant false: a real runtime runs the packed codes (torch runs dequantized floats: true there).
     result = {"model": model.loaded.name, "method": args.method or ("quantized" if args.quantized else "fp32"),
-              "runtime": runtime.label, **where, "wer_std": 0.0, **report.to_dict(args.per_utterance),
+              "runtime": runtime.label, "fake_quant": False, **where, "wer_std": 0.0,
+              **report.to_dict(args.per_utterance),
               **interval_summary([report], fp32)}
     return _print_eval(args, result)
 

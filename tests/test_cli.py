@@ -121,7 +121,7 @@ def test_export_for_whisper_cpp_then_eval_on_that_runtime(tmp_path):
                     "--threads", "2", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
-    assert result["runtime"] == "whisper.cpp q4_1, 2 threads"
+    assert result["runtime"] == "whisper.cpp q4_1, 2 threads" and result["fake_quant"] is False
     assert result["wer"] <= 0.1 and result["rtf"] > 0 and "delta_ci95" in result
     nf4 = tmp_path / "nf4"
     assert run("quantize", "--method", "nf4", "--out", str(nf4)).returncode == 0

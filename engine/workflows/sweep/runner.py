@@ -19,7 +19,8 @@ from engine.run_history import RunHistory
 from engine.whisper.models import LoadedModel
 from engine.workflows.sweep.grid import Grid, Point
 from engine.workflows.sweep.point import PointWorker, run_point
-from engine.workflows.sweep.records import PointLog, record_in_history, with_delta, write_exports
+from engine.workflows.sweep.records import (PointLog, public_record, record_in_history, with_delta,
+                                            write_exports)
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,6 @@ class SweepOutcome:
     seconds: float
 
     def to_json(self) -> dict:
-        from engine.workflows.sweep.records import public_record
-
         return {"name": self.name, "folder": str(self.folder), "executor": self.executor, "seconds": self.seconds,
                 "skipped": self.skipped, "runs": [public_record(r) for r in self.runs],
                 "baselines": [public_record(b) for b in self.baselines]}

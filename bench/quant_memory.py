@@ -28,11 +28,11 @@ TEST_SET = "librispeech-test-other"
 def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en") -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
-    from engine.speech.evaluate import evaluate, load_dataset
-    from engine.workflows.experiment import build_calibration, calibration_clips
-    from engine.quant.registry import get_method, make_config
-    from engine.whisper.models import load_model
     from engine.quant.quantize import quantize
+    from engine.quant.registry import make_config
+    from engine.speech.evaluate import evaluate, load_dataset
+    from engine.whisper.models import load_model
+    from engine.workflows.experiment import calibration_for
 
     start = time.perf_counter()
     loaded = load_model(model)
@@ -44,10 +44,7 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
             row["wer"] = evaluate(loaded, test_set).wer
         return row
     config = make_config(method, bits=bits, group_size=64)
-    calibration = None
-    if get_method(method).needs_calibration(config):
-        calibration = build_calibration(loaded, calibration_clips([speech(n) for n in REAL_CALIBRATION], N_CALIB,
-                                                                  seed, test_set))
+    calibration = calibration_for(loaded, config, [speech(n) for n in REAL_CALIBRATION], N_CALIB, seed, test_set)
     result = quantize(loaded, config, calibration, pad_stride=pad_stride)
     row.update(quant_seconds=result.seconds, process_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
     if wer:  # after the peak is read: the score is not part of the quantization's memory

@@ -36,26 +36,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _quant_config(args: argparse.Namespace):
     """The method config from the options the user gave (unset options keep the method's defaults)."""
     from engine.quant.registry import make_config
+
     settings = {key: getattr(args, key) for key in QUANT_SETTINGS if getattr(args, key, None) is not None}
     return make_config(args.method, **settings)
 
 
 def _layer_table(args: argparse.Namespace, loaded, config):
     """The preset's table, then the rows of --layers on top; None keeps the uniform default."""
-    from engine.quant.layer_table import apply_overrides, load_overrides, preset_table
+    from engine.quant.layer_table import load_overrides, table_for
 
-    if not args.layers and not args.preset:
-        return None
-    table = preset_table(loaded.model, args.preset or "uniform", config.bits, config.group_size, config.quantize_output)
-    return apply_overrides(table, load_overrides(args.layers)) if args.layers else table
+    overrides = load_overrides(args.layers) if args.layers else None
+    return table_for(loaded.model, config.bits, config.group_size, config.quantize_output, args.preset, overrides)
 
 
 def _calibration(args: argparse.Namespace, loaded, config, exclude=()):
-    from engine.workflows.experiment import build_calibration, calibration_clips
-    from engine.quant.registry import get_method
-    if not get_method(config.method).needs_calibration(config):
-        return None
-    return build_calibration(loaded, calibration_clips(args.calib, args.n_calib, args.seed, exclude))
+    from engine.workflows.experiment import calibration_for
+
+    return calibration_for(loaded, config, args.calib, args.n_calib, args.seed, exclude)
 
 
 def _model_for(args: argparse.Namespace):
@@ -351,6 +348,7 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from engine.quant.layer_table import PRESETS
     from engine.quant.registry import all_methods
+
     for entry in all_methods().values():
         data = "calibration audio" if entry.needs_calibration() else "no data"
         print(f"{entry.name:6s} {entry.summary} [{data}]")

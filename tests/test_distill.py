@@ -95,6 +95,7 @@ def test_distillation_lowers_the_kl_to_the_full_precision_model_and_keeps_codes_
 def test_gq_refines_only_when_distillation_steps_are_asked_for():
     from engine.quant.config import GQConfig
     from engine.quant.registry import get_method
+
     gq = get_method("gq")
     assert not gq.refines_with(GQConfig())  # off by default (bench/results/seed_methods.md)
     assert gq.refines_with(GQConfig(distill_steps=3))

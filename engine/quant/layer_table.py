@@ -258,3 +258,12 @@ def apply_preset(table: list[LayerSpec], name: str, bits: int) -> list[LayerSpec
 def preset_table(model: nn.Module, name: str, bits: int, group_size: int, with_output: bool = False) -> list[LayerSpec]:
     """The default table at bits/group_size with the named preset applied (what the page and CLI start from)."""
     return apply_preset(build_table(model, bits, group_size, with_output=with_output), name, bits)
+
+
+def table_for(model: nn.Module, bits: int, group_size: int, with_output: bool, preset: str | None,
+              overrides: list[dict] | None) -> list[LayerSpec] | None:
+    """The preset's table with the override rows on top; None (the uniform default) when neither is given."""
+    if not preset and not overrides:
+        return None
+    table = preset_table(model, preset or "uniform", bits, group_size, with_output)
+    return apply_overrides(table, overrides) if overrides else table

@@ -43,6 +43,16 @@ def build_calibration(loaded: LoadedModel, clips: Sequence[Utterance]) -> Calibr
                                [u.speaker for u in clips])
 
 
+def calibration_for(loaded: LoadedModel, config: QuantConfig, folders: str | Path | Sequence[str | Path] | None,
+                    n_clips: int, seed: int, exclude: Sequence[Utterance] = ()) -> CalibrationData | None:
+    """The calibration pass input for config's method drawn by seed (None when the method needs none)."""
+    if not get_method(config.method).needs_calibration(config):
+        return None
+    if folders is None:
+        raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
+    return build_calibration(loaded, calibration_clips(folders, n_clips, seed, exclude))
+
+
 @dataclass(frozen=True)
 class SeedRun:
     seed: int | None
@@ -69,10 +79,7 @@ def quantize_and_evaluate(
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
     runs = []
     for seed in seeds if needs else [None]:
-        calibration = None
-        if needs:
-            clips = calibration_clips(calib_folder, n_calib, seed, exclude=data)
-            calibration = build_calibration(loaded, clips)
+        calibration = calibration_for(loaded, config, calib_folder, n_calib, seed, data) if needs else None
         start = time.perf_counter()
         result = quantize(loaded, config, calibration, layers=layers, progress=progress)
         if calibration is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
@@ -91,8 +91,6 @@ class Grid:
     baselines: tuple[Point, ...]  # each model's full precision on the same clips (deltas and their intervals)
     cpus_per_point: int = 1
     memory_gb: float = 3.0
-    source_file: str = ""
-    notes: dict = field(default_factory=dict)
 
 
 def _as_list(value, what: str) -> list:
@@ -197,5 +195,4 @@ def load_grid(path: str | Path) -> Grid:
         text = path.read_text()
     except OSError as exc:
         raise GridError(f"Cannot read the grid file {path}: {exc.strerror or exc}.") from exc
-    grid = parse_grid(text, path.stem, path.resolve().parent)
-    return Grid(grid.name, grid.points, grid.baselines, grid.cpus_per_point, grid.memory_gb, str(path))
+    return parse_grid(text, path.stem, path.resolve().parent)

@@ -17,37 +17,31 @@ from dataclasses import asdict
 import torch
 
 from engine.errors import UserError
-from engine.quant.formats import FP16_BYTES, FP32_BYTES
-from engine.quant.layer_table import apply_overrides, preset_table
+from engine.quant.layer_table import table_for
 from engine.quant.quantize import quantize
-from engine.quant.registry import get_method, make_config
-from engine.quant.size import SizeReport, unique_parameters
+from engine.quant.registry import make_config
+from engine.quant.size import SizeReport, size_report
 from engine.speech.evaluate import evaluate
 from engine.speech.intervals import wer_interval
 from engine.whisper.models import LoadedModel, load_model
-from engine.workflows.experiment import build_calibration, calibration_clips, data_utterances
+from engine.workflows.experiment import calibration_for, data_utterances
 from engine.workflows.sweep.grid import Point
 
 log = logging.getLogger(__name__)
 
 
 def _fp32_size(loaded: LoadedModel) -> SizeReport:
-    elements = sum(unique_parameters(loaded.model).values())
-    return SizeReport(elements * FP32_BYTES, elements * FP32_BYTES, elements * FP16_BYTES, 0)
+    """The model as loaded: every weight in float32 (size_report counts unquantized weights at fp16)."""
+    report = size_report(loaded.model, {}, set())
+    return SizeReport(report.fp32_size_bytes, report.fp32_size_bytes, report.fp16_size_bytes, 0)
 
 
 def _quantized(loaded: LoadedModel, point: Point, utterances) -> tuple[LoadedModel, SizeReport, float, dict]:
     config = make_config(point.method, **point.settings)
-    table = None
-    if point.preset or point.overrides:
-        table = preset_table(loaded.model, point.preset or "uniform", config.bits, config.group_size,
-                             config.quantize_output)
-        table = apply_overrides(table, point.overrides) if point.overrides else table
-    calibration, calib = None, {}
-    if get_method(config.method).needs_calibration(config):
-        clips = calibration_clips(point.calib, point.n_calib, point.seed, exclude=utterances)
-        calibration = build_calibration(loaded, clips)
-        calib = {"folder": point.calib, "clips": len(clips), "seed": point.seed}
+    table = table_for(loaded.model, config.bits, config.group_size, config.quantize_output, point.preset,
+                      point.overrides)
+    calibration = calibration_for(loaded, config, point.calib, point.n_calib, point.seed, utterances)
+    calib = {} if calibration is None else {"folder": point.calib, "clips": calibration.n_clips, "seed": point.seed}
     result = quantize(loaded, config, calibration, layers=table)
     return result.loaded, result.size, result.seconds, {"config": config.to_dict(), "calibration": calib,
                                                        "fake_quant": result.fake_quant}

@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+from engine.quant.size import SizeReport
 from engine.run_history import RunHistory
 from engine.speech.intervals import paired_delta
 
@@ -45,14 +46,16 @@ class PointLog:
             latest[record["key"]] = record
         return latest
 
-    def finished_keys(self) -> set[str]:
-        return {key for key, record in self.records().items() if record["status"] == "ok"}
-
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def finished_keys(records: dict[str, dict]) -> set[str]:
+    """The points (of PointLog.records()) that finished ok: a resumed sweep skips them."""
+    return {key for key, record in records.items() if record["status"] == "ok"}
 
 
 def with_delta(record: dict, baseline: dict | None) -> dict:
@@ -72,13 +75,12 @@ def layers_key(record: dict) -> str:
 
 def history_summary(record: dict, sweep: str) -> dict:
     """The record in the shape of the page's run summaries (the history's columns and the page's result line)."""
-    size = record["size"]
     return {
         "run_id": f"sweep-{record['key']}", "model": record["model"], "method": record["method"],
         "bits": record["bits"], "group_size": record["group_size"], "seed": record["seed"],
         "config": record.get("config"), "layers_key": layers_key(record), "sweep": sweep,
         "calibration_clips": (record.get("calibration") or {}).get("clips", 0), "calibration": record.get("calibration"),
-        "size": {**size, "compression_vs_fp32": size["fp32_size_bytes"] / size["size_bytes"]},
+        "size": SizeReport(**record["size"]).to_dict(),
         "seconds": record["quant_seconds"], "fake_quant": record.get("fake_quant", True),
         "eval_set": f"{record['n_utterances']} clips from {record['data']}", "eval_clips": record["n_utterances"],
         "wer_ci95": record["wer_ci95"], "delta_wer": record.get("delta_wer"), "delta_ci95": record.get("delta_ci95"),
@@ -95,15 +97,13 @@ def public_record(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in PER_CLIP}
 
 
-def write_exports(folder: Path, name: str, runs: list[dict], baselines: list[dict]) -> dict:
-    """results.json (the same object `asrq sweep --json` prints) and results.csv, one row per point."""
-    result = {"name": name, "folder": str(folder), "runs": [public_record(r) for r in runs],
-              "baselines": [public_record(b) for b in baselines]}
+def write_exports(folder: Path, result: dict) -> None:
+    """results.json (result: the object `asrq sweep --json` prints) and results.csv, one row per point."""
     (folder / "results.json").write_text(json.dumps(result, indent=1))
     with (folder / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for r in [*baselines, *runs]:
+        for r in [*result["baselines"], *result["runs"]]:
             low_high = {f"{k}_low": (r.get(k) or [None, None])[0] for k in ("wer_ci95", "delta_ci95")}
             low_high |= {f"{k}_high": (r.get(k) or [None, None])[1] for k in ("wer_ci95", "delta_ci95")}
             writer.writerow({**r, **low_high})

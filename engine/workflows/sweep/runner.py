@@ -19,7 +19,7 @@ from engine.run_history import RunHistory
 from engine.whisper.models import LoadedModel
 from engine.workflows.sweep.grid import Grid, Point
 from engine.workflows.sweep.point import PointWorker, run_point
-from engine.workflows.sweep.records import (PointLog, public_record, record_in_history, with_delta,
+from engine.workflows.sweep.records import (PointLog, finished_keys, public_record, record_in_history, with_delta,
                                             write_exports)
 
 log = logging.getLogger(__name__)
@@ -166,13 +166,13 @@ def run_sweep(grid: Grid, folder: str | Path, executor: InProcess | RayTasks, hi
     start = time.monotonic()
     progress = progress or (lambda state: None)
     points_log = PointLog(folder)
-    finished = points_log.finished_keys()
+    records = points_log.records()
+    finished = finished_keys(records)
     everything = [*grid.baselines, *grid.points]
     todo = [p for p in everything if p.key not in finished]
     state = SweepState(total=len(everything), done=len(everything) - len(todo), skipped=len(everything) - len(todo))
     if state.skipped:
         log.info("%d of %d points already finished in %s", state.skipped, state.total, folder)
-    records = points_log.records()
     baseline_of = {b.model: b.key for b in grid.baselines}
     waiting_for_baseline: list[dict] = []
 
@@ -215,6 +215,7 @@ def run_sweep(grid: Grid, folder: str | Path, executor: InProcess | RayTasks, hi
         for record in runs:
             if record["status"] == "ok" and "wer_fp32" in record:
                 record_in_history(history, record, grid.name)  # the same run id is written once
-    folder = Path(folder)
-    write_exports(folder, grid.name, runs, baselines)
-    return SweepOutcome(grid.name, folder, runs, baselines, state.skipped, executor.name, time.monotonic() - start)
+    outcome = SweepOutcome(grid.name, Path(folder), runs, baselines, state.skipped, executor.name,
+                           time.monotonic() - start)
+    write_exports(outcome.folder, outcome.to_json())
+    return outcome

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.quant.formats import IntFormat, QuantizedTensor, pack_codes, packed_bytes, rtn_quantize, unpack_codes
+from engine.quant.formats import (IntFormat, QuantizedTensor, pack_codes, packed_bytes, range_grid, rtn_quantize,
+                                  unpack_codes)
 
 
 GRIDS = {"float minimum": dict(), "integer zero": dict(integer_zero=True), "symmetric": dict(symmetric=True)}
@@ -61,6 +62,23 @@ def test_more_bits_give_smaller_error():
 def test_zero_row_survives():
     w = torch.zeros(2, 8)
     assert torch.equal(rtn_quantize(w, IntFormat(4)).dequantize(), w)
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_a_tiny_range_row_stays_finite(grid):
+    # a scale below float16's smallest step used to round to 0 and turn the row into NaN
+    w = torch.tensor([[0.0, 1e-9, 2e-9, 3e-9], [0.0, 1e-3, -1e-3, 5e-4]])
+    restored = rtn_quantize(w, IntFormat(4, **GRIDS[grid])).dequantize()
+    assert torch.isfinite(restored).all() and (restored - w).abs().max() < 1e-4
+
+
+def test_activation_grid_is_the_weight_grid_unstored_with_zero_on_it():
+    lo, hi = torch.tensor([[-0.7], [0.2], [-3.0]]), torch.tensor([[1.3], [0.9], [-0.5]])
+    scale, zero = range_grid(torch.clamp(lo, max=0), torch.clamp(hi, min=0), IntFormat(8, integer_zero=True), None)
+    expected = (torch.clamp(hi, min=0) - torch.clamp(lo, max=0)) / 255
+    assert torch.equal(scale, expected) and torch.equal(zero, torch.round(-torch.clamp(lo, max=0) / expected))
+    stored, _ = range_grid(lo, hi, IntFormat(8))
+    assert torch.equal(stored, ((hi - lo) / 255).half().float())
 
 
 @settings(max_examples=50, deadline=None)

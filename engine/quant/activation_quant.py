@@ -14,15 +14,14 @@ import torch
 from torch import nn
 
 from engine.quant.calibration import CalibrationData
+from engine.quant.formats import IntFormat, range_grid
 from engine.quant.layer_table import linear_layers
 from engine.whisper.tokens import padded_rows
 
 
 def _grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of an asymmetric grid covering [min(lo, 0), max(hi, 0)]."""
-    lo, hi = torch.clamp(lo, max=0), torch.clamp(hi, min=0)
-    scale = torch.clamp((hi - lo) / (2**bits - 1), min=1e-8)
-    return scale, torch.round(-lo / scale)
+    """Scale and integer zero point of the grid covering [min(lo, 0), max(hi, 0)]: 0 is exactly representable."""
+    return range_grid(torch.clamp(lo, max=0), torch.clamp(hi, min=0), IntFormat(bits, integer_zero=True), stored_as=None)
 
 
 def fake_quant_static(x: torch.Tensor, lo: float, hi: float, bits: int = 8) -> torch.Tensor:

@@ -67,22 +67,28 @@ def qparams(w: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor
     if fmt.symmetric:
         xmax = torch.maximum(xmax.abs(), xmin.abs())
         xmin = -xmax
-    scale, zero = _grid(xmin, xmax, fmt)
+    scale, zero = range_grid(xmin, xmax, fmt)
     if fmt.clip_search:
         scale, zero = _shrink_search(w, xmin, xmax, scale, zero, fmt)
     return scale, zero
 
 
-def _grid(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """The grid spanning [lo, hi] (rows, 1), with scale (and a float minimum) rounded to float16 as stored, so
-    that what we compute is what we ship."""
+def range_grid(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat,
+               stored_as: torch.dtype | None = torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero of the grid spanning [lo, hi]: (rows, 1) each. With ``stored_as`` the scale (and a float
+    minimum) are rounded to the dtype they are stored in, so that what we compute is what we ship; activation
+    grids (engine/quant/activation_quant.py) are never stored and pass None. A constant row keeps scale 1."""
     scale = (hi - lo) / fmt.maxq
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).half().float()  # a constant row keeps scale 1
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if stored_as is not None:
+        # never below the dtype's smallest step: a scale that rounds to 0 would turn the row into NaN
+        scale = scale.clamp(min=torch.finfo(stored_as).smallest_normal * 2.0**-10).to(stored_as).float()
     if fmt.symmetric:
         return scale, torch.full_like(scale, (fmt.maxq + 1) / 2)
     if fmt.integer_zero:
         return scale, torch.round(-lo / scale)
-    return scale, -lo.half().float() / scale
+    minimum = lo if stored_as is None else lo.to(stored_as).float()
+    return scale, -minimum / scale
 
 
 CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4  # the GPTQ reference's values
@@ -93,7 +99,7 @@ def _shrink_search(w, xmin, xmax, scale, zero, fmt: IntFormat):
     best = torch.full((w.shape[0], 1), float("inf"))
     for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
         p = 1 - i / CLIP_GRID
-        s, z = _grid(p * xmin, p * xmax, fmt)
+        s, z = range_grid(p * xmin, p * xmax, fmt)
         err = (round_to_grid(w, s, z, fmt.maxq) - w).abs().pow(CLIP_NORM).sum(dim=1, keepdim=True)
         better = err < best
         best, scale, zero = torch.where(better, err, best), torch.where(better, s, scale), torch.where(better, z, zero)

@@ -138,7 +138,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loaded, meta = load_quantized(args.quantized)
         head = {"model": meta["model"]["name"], "method": meta["quant_config"]["method"],
                 "bits": meta["quant_config"]["bits"], "size_bytes": meta["size"]["size_bytes"],
-                "fp32_size_bytes": meta["size"]["fp32_size_bytes"], "fake_quant": meta["fake_quant"],
+                # scored below in torch, whose quantized weights are dequantized floats
+                "fp32_size_bytes": meta["size"]["fp32_size_bytes"], "fake_quant": True,
                 "per_layer": meta["layer_records"]}
         fp32_model = meta["model"]["name"]
     else:
@@ -205,9 +206,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.calib and result.calibration:
         result.calibration.update({"folder": str(args.calib), "seed": args.seed})
     path = save_quantized(result, args.out)
-    info = {"out": str(path), "method": config.method, "config": config.to_dict(), **result.size.to_dict(),
-            "quantization_seconds": result.seconds, "fake_quant": result.fake_quant,
-            "per_layer": [r.to_dict() for r in result.layer_records]}
+    info = {"out": str(path), **result.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -52,7 +52,7 @@ def default_history_path() -> Path:
 
 # Kept in the run's artifact folder, not in its history row: an edited layer table can be a thousand rows
 # (the row keeps its short layers_key), and the per-layer records are for the page's plots.
-ARTIFACT_ONLY = ("overrides", "layer_records")
+ARTIFACT_ONLY = ("overrides", "per_layer", "per_block")
 
 
 class RunHistory:
@@ -77,9 +77,9 @@ class RunHistory:
     def add(self, summary: dict, session: str | None = None, source: str = "page") -> None:
         """Record a finished run (a summary from the quantize task or a sweep point); the same run id is written once."""
         row = (summary["run_id"], time.time(), session, summary["model"], summary["method"], summary["bits"],
-               summary["group_size"], summary["seed"], summary.get("layers_key", ""), summary["size"]["size_bytes"],
-               summary["size"]["fp32_size_bytes"], summary.get("demo_wer"), summary.get("demo_wer_fp32"),
-               summary.get("demo_rtf"), summary.get("seconds"), source,
+               summary["group_size"], summary["seed"], summary.get("layers_key", ""), summary["size_bytes"],
+               summary["fp32_size_bytes"], summary.get("demo_wer"), summary.get("demo_wer_fp32"),
+               summary.get("demo_rtf"), summary.get("quantization_seconds"), source,
                json.dumps({k: v for k, v in summary.items() if k not in ARTIFACT_ONLY}))
         with closing(self._connect()) as db, db:
             db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}, summary) VALUES "

@@ -26,12 +26,12 @@ from engine.progress import ProgressFn
 from engine.quant.artifacts import ArtifactError, save_quantized, verify_artifact
 from engine.quant.layer_table import apply_overrides, build_table
 from engine.quant.quantize import quantize
-from engine.quant.registry import get_method, make_config
+from engine.quant.registry import make_config
 from engine.speech.audio import load_audio
 from engine.speech.evaluate import evaluate
 from engine.speech.samples import SAMPLE_DIR, EvalSet, eval_set
 from engine.whisper.models import load_model
-from engine.workflows.experiment import build_calibration, calibration_clips, interval_summary
+from engine.workflows.experiment import calibration_for, interval_summary
 from serving.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     if folder.is_dir():
         try:
             summary = verify_artifact(folder)["app_summary"]
+            if "size_bytes" not in summary:  # saved by an older version (sizes nested): quantize again
+                raise KeyError("size_bytes")
             os.utime(folder)  # recently used: the last to be pruned
             return summary
         except (ArtifactError, KeyError):
@@ -110,12 +112,10 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
         table = apply_overrides(build_table(loaded.model, config.bits, config.group_size,
                                             with_output=config.quantize_output), request["overrides"])
     scored = eval_set(request.get("eval_dir"))
-    calibration = None
-    if get_method(config.method).needs_calibration(config):
-        progress(0.0, "preparing calibration audio")
-        # Never calibrate on a clip that is scored: the WER would flatter the method.
-        clips = calibration_clips(SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(request.get("seed", 0)), scored.utterances)
-        calibration = build_calibration(loaded, clips)
+    progress(0.0, "preparing calibration audio")
+    # Never calibrate on a clip that is scored: the WER would flatter the method.
+    calibration = calibration_for(loaded, config, SAMPLE_DIR, APP_CALIBRATION_CLIPS, int(request.get("seed", 0)),
+                                  scored.utterances)
     result = quantize(loaded, config, calibration, layers=table, progress=lambda f, m: progress(0.9 * f, m))
     progress(0.92, f"scoring on {scored.description}")
     report = evaluate(result.loaded, scored.utterances)
@@ -144,18 +144,15 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
 
 def _summary(request, run_id, folder, config, calibration, result, scored, report, fp32, real, real_fp32) -> dict:
     return {
-        "run_id": run_id, "artifact": str(folder), "model": request["model"], "method": config.method,
-        "bits": config.bits, "group_size": config.group_size, "seed": int(request.get("seed", 0)),
-        "config": config.to_dict(), "overrides": request.get("overrides"),
+        **result.to_dict(), "run_id": run_id, "artifact": str(folder), "model": request["model"],
+        "seed": int(request.get("seed", 0)), "overrides": request.get("overrides"),
         "layers_key": layers_key(request.get("overrides")),
         "calibration_clips": calibration.n_clips if calibration is not None else 0,
-        "size": result.size.to_dict(), "seconds": result.seconds, "fake_quant": result.fake_quant,
         # demo_* keep their names (the history's columns) but hold the scores on the evaluation set named here.
         "eval_set": scored.description, "eval_clips": report.n_utterances, **interval_summary([report], fp32),
         "demo_wer": report.wer, "demo_wer_fp32": fp32.wer, "demo_rtf": report.rtf, "demo_rtf_fp32": fp32.rtf,
         # None when no real runtime runs this format: the page then says "fake quant" instead of a time.
         "real_latency": real, "real_latency_fp32": real_fp32,
-        "layer_records": [r.to_dict() for r in result.layer_records],
     }
 
 

@@ -22,8 +22,8 @@ from serving.worker import JobCancelled, JobFailed
 def fake_summary(run_id: str, wer: float = 0.1) -> dict:
     """A run summary shaped like the quantize task's (the history stores whatever the task returns)."""
     return {"run_id": run_id, "model": "tiny.en", "method": "rtn", "bits": 4, "group_size": 64, "seed": 0,
-            "size": {"size_bytes": 20_000_000, "fp32_size_bytes": 150_000_000}, "demo_wer": wer,
-            "demo_wer_fp32": 0.05, "demo_rtf": 0.1, "seconds": 1.0}
+            "size_bytes": 20_000_000, "fp32_size_bytes": 150_000_000, "demo_wer": wer,
+            "demo_wer_fp32": 0.05, "demo_rtf": 0.1, "quantization_seconds": 1.0}
 
 
 def test_history_keeps_one_row_per_run_and_its_summary_without_the_table(tmp_path):

@@ -103,7 +103,7 @@ def test_a_version_1_history_gains_the_source_column_and_filters(tmp_path):
             INSERT INTO runs VALUES ('old', 1.0, NULL, 'tiny.en', 'fade', 4, 64, 0, '', 1, 2, 0.1, 0.1, 0.1, 1.0, '{}');""")
     history = RunHistory(path)
     summary = {"model": "base", "method": "rtn", "bits": 4, "group_size": 64, "seed": 0,
-               "size": {"size_bytes": 1, "fp32_size_bytes": 2}, "demo_wer": 0.2, "demo_wer_fp32": 0.1}
+               "size_bytes": 1, "fp32_size_bytes": 2, "demo_wer": 0.2, "demo_wer_fp32": 0.1}
     history.add({**summary, "run_id": "new"}, source="sweep:grid")
     assert {r["run_id"]: r["source"] for r in history.runs()} == {"old": "page", "new": "sweep:grid"}
     assert [r["run_id"] for r in history.runs(method="rtn")] == ["new"]

@@ -224,12 +224,12 @@ class Explorer:
             # One sentence in the status line and a toast; the previous result stays on the page.
             gr.Warning(str(exc))
             return (gr.update(), f"**Not done:** {exc}", *[gr.update()] * 5)
-        records = [LayerRecord(**r) for r in summary["layer_records"]]
+        records = [LayerRecord(**r) for r in summary["per_layer"]]
         title = f"{method} {bits}-bit: error per layer (encoder E, decoder D)"
         # The other runs still in memory, most recent first, overlaid for comparison.
         others = [(f"{s['method']} {s['bits']}b {s.get('layers_key') or ''}".strip(),
-                   [LayerRecord(**r) for r in s["layer_records"]])
-                  for s in self.results.summaries(except_run=run_id) if s.get("layer_records")]
+                   [LayerRecord(**r) for r in s["per_layer"]])
+                  for s in self.results.summaries(except_run=run_id) if s.get("per_layer")]
         return (run_id, self._status(summary), plots.error_propagation(records, title, others[:3]),
                 plots.alpha_and_bits(records),
                 plots.size_gauge(self._size(summary)),
@@ -284,15 +284,15 @@ class Explorer:
             run_id, summary = self._run_quantize(job, getattr(request, "session_hash", None), lambda f, m: None)
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
-        return {"run_id": run_id, "status": self._status(summary), "size_bytes": summary["size"]["size_bytes"],
-                "fp32_size_bytes": summary["size"]["fp32_size_bytes"], "seconds": summary["seconds"],
+        return {"run_id": run_id, "status": self._status(summary), "size_bytes": summary["size_bytes"],
+                "fp32_size_bytes": summary["fp32_size_bytes"], "seconds": summary["quantization_seconds"],
                 "demo_wer": summary["demo_wer"], "eval_set": summary.get("eval_set"),
                 "wer_ci95": summary.get("wer_ci95"), "delta_wer": summary.get("delta_wer"),
-                "delta_ci95": summary.get("delta_ci95"), "per_layer": summary["layer_records"]}
+                "delta_ci95": summary.get("delta_ci95"), "per_layer": summary["per_layer"]}
 
     @staticmethod
     def _size(summary: dict) -> SizeReport:
-        return SizeReport(**{k: summary["size"][k] for k in
+        return SizeReport(**{k: summary[k] for k in
                              ("size_bytes", "fp32_size_bytes", "fp16_size_bytes", "quantized_weight_bytes")})
 
     def _status(self, summary: dict) -> str:
@@ -300,7 +300,7 @@ class Explorer:
         calib = f", {summary['calibration_clips']} calibration clips" if summary["calibration_clips"] else ""
         size = self._size(summary)
         rest = size.size_bytes - size.quantized_weight_bytes
-        return (f"**{c['method']} {c['bits']}-bit** (group {c['group_size']}) in {summary['seconds']:.1f} s{calib}: "
+        return (f"**{c['method']} {c['bits']}-bit** (group {c['group_size']}) in {summary['quantization_seconds']:.1f} s{calib}: "
                 f"{size.size_bytes / 1e6:.1f} MB, {size.compression_vs_fp32:.2f}x smaller than fp32 "
                 f"(quantized layers {size.quantized_weight_bytes / 1e6:.1f} MB; embeddings, convolutions, norms and "
                 f"kept layers at fp16 {rest / 1e6:.1f} MB). {self._accuracy(summary)} "

@@ -146,16 +146,20 @@ class ModelToRun:
     weights: dict[str, QuantizedTensor] = field(default_factory=dict)
     full_precision: frozenset[str] = frozenset()
     dropped: frozenset[str] = frozenset()
-    fake_quant: bool = False
     base_model: str = ""  # the full-precision model it came from (a name load_model accepts)
     meta: dict = field(default_factory=dict, repr=False)  # a saved artifact's metadata, when loaded from one
+
+    @property
+    def fake_quant(self) -> bool:
+        """Run in torch, quantized (or dropped) weights are float tensors: its time is not the compressed model's."""
+        return bool(self.weights or self.dropped)
 
     @classmethod
     def from_result(cls, result, base_model: str) -> "ModelToRun":
         """A QuantizationResult (engine/quant/quantize.py) as a runtime runs it."""
         dropped = frozenset(result.dropped)
         full = _left_in_float(((r.name, r.bits) for r in result.table), result.tensors, dropped)
-        return cls(result.loaded, result.tensors, full, dropped, result.fake_quant, base_model)
+        return cls(result.loaded, result.tensors, full, dropped, base_model)
 
     @classmethod
     def from_artifact(cls, folder: str | Path) -> "ModelToRun":
@@ -168,7 +172,7 @@ class ModelToRun:
         weights = weights_from(meta, load_file(str(Path(folder) / WEIGHTS_FILE)), loaded.model)
         dropped = frozenset(meta["dropped"])
         full = _left_in_float(((r["name"], r["bits"]) for r in meta["layers"]), weights, dropped)
-        return cls(loaded, weights, full, dropped, meta["fake_quant"], meta["model"]["name"], meta)
+        return cls(loaded, weights, full, dropped, meta["model"]["name"], meta)
 
     def write_whisper_cpp(self, out: str | Path, container: GgmlType | None = None):
         """This model as a whisper.cpp file at out (engine/deploy/whisper_cpp_export.py); returns its ExportReport."""

@@ -91,7 +91,6 @@ def save_quantized(result: QuantizationResult, out_dir: str | Path, extra: dict 
         "block_records": [asdict(r) for r in result.block_records],
         "calibration": result.calibration,
         "quantization_seconds": result.seconds,
-        "fake_quant": result.fake_quant,
         "activations": result.activations,
         "versions": _versions(),
         **(extra or {}),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -48,8 +48,15 @@ class QuantizationResult:
     size: SizeReport
     seconds: float
     calibration: dict = field(default_factory=dict)
-    fake_quant: bool = True  # weights are dequantized floats: no speed-up by themselves
     activations: dict = field(default_factory=dict)  # activation quantizers a method attached (W8A8), as saved
+
+    def to_dict(self) -> dict:
+        """What every report of this quantization says (`asrq quantize/eval --json`, the page's run summary):
+        the config, the size figures, the seconds it took, and the per-layer and per-block error records."""
+        return {"method": self.config.method, "bits": self.config.bits, "group_size": self.config.group_size,
+                "config": self.config.to_dict(), **self.size.to_dict(), "quantization_seconds": self.seconds,
+                "calibration": self.calibration, "per_layer": [r.to_dict() for r in self.layer_records],
+                "per_block": [asdict(r) for r in self.block_records]}
 
 
 def _apply_drops(model: nn.Module, table: list[LayerSpec]) -> set[str]:

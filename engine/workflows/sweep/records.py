@@ -60,8 +60,8 @@ def finished_keys(records: dict[str, dict]) -> set[str]:
 
 def with_delta(record: dict, baseline: dict | None) -> dict:
     """The record with its paired difference to full precision on the same clips (bootstrap over clips)."""
-    if record["status"] != "ok" or baseline is None or baseline["status"] != "ok":
-        return record
+    if record["status"] != "ok" or baseline is None or baseline["status"] != "ok" or "delta_wer" in record:
+        return record  # nothing to pair, or paired already (the bootstrap is not repeated)
     if record["utterance_ids"] != baseline["utterance_ids"]:
         raise ValueError(f"{record['label']} and its baseline were scored on different clips")
     delta, interval = paired_delta([record["errors"]], baseline["errors"], record["words"], record["seed"])
@@ -80,8 +80,7 @@ def history_summary(record: dict, sweep: str) -> dict:
         "bits": record["bits"], "group_size": record["group_size"], "seed": record["seed"],
         "config": record.get("config"), "layers_key": layers_key(record), "sweep": sweep,
         "calibration_clips": (record.get("calibration") or {}).get("clips", 0), "calibration": record.get("calibration"),
-        "size": SizeReport(**record["size"]).to_dict(),
-        "seconds": record["quant_seconds"], "fake_quant": record.get("fake_quant", True),
+        **SizeReport(**record["size"]).to_dict(), "quantization_seconds": record["quant_seconds"],
         "eval_set": f"{record['n_utterances']} clips from {record['data']}", "eval_clips": record["n_utterances"],
         "wer_ci95": record["wer_ci95"], "delta_wer": record.get("delta_wer"), "delta_ci95": record.get("delta_ci95"),
         "demo_wer": record["wer"], "demo_wer_fp32": record.get("wer_fp32"), "demo_rtf": record["rtf"],

@@ -187,7 +187,8 @@ def run_sweep(grid: Grid, folder: str | Path, executor: InProcess | RayTasks, hi
         if baseline is None or baseline["status"] != "ok":
             waiting_for_baseline.append(record)
             return
-        record_in_history(history, with_delta(record, baseline), grid.name)
+        records[record["key"]] = with_delta(record, baseline)
+        record_in_history(history, records[record["key"]], grid.name)
 
     progress(state)
     try:

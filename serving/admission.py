@@ -15,12 +15,14 @@ from contextlib import contextmanager
 from serving.policy import BusyError
 
 
-def refusal(what: str, holders: list, session: str | None, capacity: int) -> BusyError | None:
-    """Why one more ``what`` cannot come in (holders: the sessions holding places now), or None when it can."""
+def refusal(what: str, holders: list, session: str | None, capacity: int, places: int | None = None) -> BusyError | None:
+    """Why one more ``what`` cannot come in (holders: the sessions holding jobs now; places: how many places
+    those jobs take, default one each), or None when it can."""
+    places = len(holders) if places is None else places
     if session is not None and session in holders:
         return BusyError(f"You already have a {what} running or waiting; wait for it or cancel it first.")
-    if len(holders) >= capacity:
-        return BusyError(f"The server is busy ({len(holders)} {what}s running or waiting); please try again in a minute.")
+    if places >= capacity:
+        return BusyError(f"The server is busy ({places} {what}s running or waiting); please try again in a minute.")
     return None
 
 

@@ -6,17 +6,38 @@ it here for transcription. A run id typed by a visitor is checked before any fil
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.quant.artifacts import load_quantized, prune_artifacts
+from engine.quant.artifacts import ArtifactError, load_quantized, prune_artifacts, verify_artifact
 from engine.whisper.models import LoadedModel
 from serving.memory import release_memory
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def current_shape(summary: dict | None) -> bool:
+    """A run summary as this version writes it (an older one nested its sizes: such a run is done again)."""
+    return bool(summary) and "size_bytes" in summary
+
+
+def saved_summary(folder: Path) -> dict | None:
+    """The page's summary saved with a finished run, when the folder is whole (weights hash checked) and of this
+    version; None otherwise. Marks the folder recently used (the last to be pruned)."""
+    if not folder.is_dir():
+        return None
+    try:
+        summary = verify_artifact(folder).get("app_summary")
+    except ArtifactError:
+        return None
+    if not current_shape(summary):
+        return None
+    os.utime(folder)
+    return summary
 
 
 class ResultStore:
@@ -62,6 +83,15 @@ class ResultStore:
         loaded, meta = load_quantized(folder)
         self.remember(run_id, loaded, meta.get("app_summary", {}))
         return loaded
+
+    def finished_summary(self, run_id: str) -> dict | None:
+        """The summary of a run finished before (in memory, or saved here and whole), else None: asking for it
+        again needs no job."""
+        with self._lock:
+            kept = self._loaded.get(run_id)
+        if kept is not None and current_shape(kept[1]):
+            return kept[1]
+        return saved_summary(self.root / run_id) if RUN_ID.fullmatch(run_id) else None
 
     def summaries(self, except_run: str | None = None) -> list[dict]:
         """Summaries of the runs in memory, most recent first."""

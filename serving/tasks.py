@@ -23,7 +23,7 @@ import torch
 from engine.deploy.latency import fastest_real_runtime, runnable_runtimes
 from engine.deploy.runtimes import ModelToRun
 from engine.progress import ProgressFn
-from engine.quant.artifacts import ArtifactError, save_quantized, verify_artifact
+from engine.quant.artifacts import save_quantized
 from engine.quant.layer_table import apply_overrides, build_table
 from engine.quant.quantize import quantize
 from engine.quant.registry import make_config
@@ -33,6 +33,7 @@ from engine.speech.samples import SAMPLE_DIR, EvalSet, eval_set
 from engine.whisper.models import load_model
 from engine.workflows.experiment import calibration_for, interval_summary
 from serving.model_cache import ModelCache
+from serving.results import saved_summary
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +96,12 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
     """request: model, method, settings (method config fields), seed, overrides (list or None), artifact_root."""
     run_id = run_id_of(request)
     folder = Path(request["artifact_root"]) / run_id
+    saved = saved_summary(folder)  # the server answers these itself; this one was saved while the job waited
+    if saved is not None:
+        return saved
     if folder.is_dir():
-        try:
-            summary = verify_artifact(folder)["app_summary"]
-            if "size_bytes" not in summary:  # saved by an older version (sizes nested): quantize again
-                raise KeyError("size_bytes")
-            os.utime(folder)  # recently used: the last to be pruned
-            return summary
-        except (ArtifactError, KeyError):
-            log.warning("saved result %s is damaged or foreign; quantizing again", folder)
-            shutil.rmtree(folder, ignore_errors=True)
+        log.warning("saved result %s is damaged, foreign or of an older version; quantizing again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
     loaded = _models(context, request.get("safe_only", False)).get(request["model"])
     config = make_config(request["method"], **request.get("settings", {}))
     table = None
@@ -169,3 +166,5 @@ def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict
 
 
 TASKS = {"quantize": quantize_task, "personalize": personalize_task}
+# Tasks whose result is decided by the request alone: equal keys share one job (serving/job_queue.py).
+RESULT_KEYS = {"quantize": run_id_of}

@@ -6,15 +6,21 @@ touching the model. Audio is keyed by its decoded samples, so the same clip uplo
 or served from gradio's cache is the same key. Requests that wait for the CPU while another runs are
 answered together: whoever gets the CPU next transcribes every waiting request for its model in one batch
 (up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model calls.
+
+Two bounded rooms, one place per session in each: ``reading`` for decoding a request's audio and looking up
+shared answers (quick), ``entered`` for the requests that need the model. A shared answer never waits for,
+nor is turned away by, a room full of uploads. ``answer_ahead`` transcribes likely requests in a thread
+(the demo clips with a freshly warmed-up model) before anyone asks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,8 +29,10 @@ import numpy as np
 
 from engine.speech.transcribe import transcribe
 from engine.whisper.models import LoadedModel
+from engine.errors import UserError
 from serving.admission import Admission
 
+log = logging.getLogger(__name__)
 DECODING = "greedy"  # the page's decoding; part of the key so that another decoding never shares an answer
 
 
@@ -58,6 +66,8 @@ class TranscriptionDesk:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.admission = Admission(capacity, "transcription")
+        # as many as the transcription room: the decoding memory bound (docs/threat-model.md) stays what it was
+        self.reading_room = Admission(capacity, "transcription")
         self._kept = kept
         self.max_batch = max_batch
         self._answers: OrderedDict[tuple[str, str, str], Transcript] = OrderedDict()
@@ -72,6 +82,31 @@ class TranscriptionDesk:
         """A place in the bounded waiting room for the whole request (BusyError in one sentence when full)."""
         with self.admission.enter(session):
             yield
+
+    @contextmanager
+    def reading(self, session: str | None) -> Iterator[None]:
+        """A place while a request's audio is decoded and its shared answers looked up (BusyError when full)."""
+        with self.reading_room.enter(session):
+            yield
+
+    def shared(self, model_key: str, digest: str) -> Transcript | None:
+        """The kept answer for this audio (by digest) and model, if any: no model call, no place needed."""
+        return self._shared((digest, model_key, DECODING))
+
+    def answer_ahead(self, load: Callable[[], LoadedModel], model_key: str, audios: list[np.ndarray]) -> threading.Thread:
+        """In a thread: load the model and transcribe ``audios`` with it, keeping the answers for whoever asks
+        (it takes turns for the CPU with visitors' requests, one batch at a time)."""
+        def run() -> None:
+            try:
+                loaded = load()
+                for audio in audios:
+                    self.transcribe(loaded, model_key, audio)
+            except (UserError, OSError, RuntimeError) as exc:  # a pruned result or a failing model: nobody waits on it
+                log.warning("answers ahead for %s not made: %s", model_key, exc)
+
+        thread = threading.Thread(target=run, name=f"asrq-ahead-{model_key}", daemon=True)
+        thread.start()
+        return thread
 
     def _shared(self, key: tuple[str, str, str]) -> Transcript | None:
         with self._answers_lock:

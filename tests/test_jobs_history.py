@@ -15,6 +15,7 @@ from engine.quant.artifacts import WEIGHTS_FILE
 from engine.run_history import RunHistory
 from serving.job_queue import JobQueue
 from serving.policy import BusyError
+from serving.results import ResultStore
 from serving.tasks import run_id_of
 from serving.worker import JobCancelled, JobFailed
 
@@ -199,5 +200,59 @@ def test_idle_warm_up_gives_way_to_a_visitor_then_answers_the_same_request_from_
         after = saved.stat()
         assert summary["bits"] == 4 and jobs.started_order[-2].startswith("idle")
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # answered from the save
+    finally:
+        jobs.close()
+
+
+@pytest.mark.slow
+def test_equal_requests_share_one_job_and_it_stops_only_when_nobody_waits(tmp_path):
+    jobs = JobQueue(capacity=1)
+    try:
+        first = jobs.submit("quantize", rtn_request(tmp_path, 4), owner="alice")
+        second = jobs.submit("quantize", rtn_request(tmp_path, 4), owner="bob")  # one place only: follows
+        third = jobs.submit("quantize", rtn_request(tmp_path, 4), owner="carol")
+        assert second.leader is first and third.leader is first and jobs.occupied == 1
+        with pytest.raises(BusyError, match="busy"):
+            jobs.submit("quantize", rtn_request(tmp_path, 5), owner="dave")  # other settings need a place
+        with pytest.raises(BusyError, match="already have"):
+            jobs.submit("quantize", rtn_request(tmp_path, 4), owner="bob")
+        assert jobs.cancel(third.id, owner="carol")  # a follower leaves ...
+        with pytest.raises(JobCancelled, match="goes on for the others"):
+            jobs.wait(third)
+        assert jobs.cancel(first.id, owner="alice")  # ... and its submitter: bob still waits, so it goes on
+        with pytest.raises(JobCancelled, match="goes on for the others"):
+            jobs.wait(first)
+        summary = jobs.wait(second)
+        assert summary["bits"] == 4 and jobs.started_order == [first.id] and jobs.worker.jobs_started == 1
+        # Finished: the server answers the same settings from the save without a job; a damaged save is no answer.
+        store = ResultStore(tmp_path / "results")
+        assert store.finished_summary(summary["run_id"]) == summary
+        weights = tmp_path / "results" / summary["run_id"] / WEIGHTS_FILE
+        weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
+        assert store.finished_summary(summary["run_id"]) is None
+
+        # When everyone who asked leaves, the shared job stops.
+        lone = jobs.submit("quantize", rtn_request(tmp_path, 3, "gptq"), owner="erin")
+        companion = jobs.submit("quantize", rtn_request(tmp_path, 3, "gptq"), owner="fred")
+        wait_until(lambda: lone.state == "running" and companion.state == "running")
+        assert jobs.cancel(lone.id, owner="erin") and jobs.cancel(companion.id, owner="fred")
+        wait_until(lambda: jobs.running is None and jobs.occupied == 0)
+        assert jobs.worker.jobs_started == 2 and not (tmp_path / "results" / run_id_of(companion.settings)).exists()
+    finally:
+        jobs.close()
+
+
+@pytest.mark.slow
+def test_a_visitor_asking_for_the_warm_up_under_way_adopts_it(tmp_path):
+    jobs = JobQueue(capacity=2)
+    try:
+        jobs.add_idle_work("quantize", rtn_request(tmp_path, 4))
+        wait_until(lambda: jobs.running is not None and jobs.running.idle)
+        warm_up = jobs.running
+        visitor = jobs.submit("quantize", rtn_request(tmp_path, 4), owner="visitor")
+        assert visitor.leader is warm_up and not warm_up.idle and jobs.occupied == 1
+        summary = jobs.wait(visitor)
+        assert summary["bits"] == 4 and jobs.started_order == [warm_up.id] and jobs.worker.jobs_started == 1
+        assert jobs.idle_work_left == 0
     finally:
         jobs.close()

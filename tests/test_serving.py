@@ -111,3 +111,48 @@ def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
         t.join(timeout=120)
     assert desk.model_calls == 1 and desk.batch_sizes == [3]
     assert [answers[i] for i in range(3)] == alone  # batched greedy decoding gives each clip its own transcript
+
+
+@pytest.mark.slow
+def test_answers_made_ahead_are_kept_for_whoever_asks(tiny):
+    from engine.errors import UserError
+    from engine.speech.audio import load_audio
+    from engine.speech.samples import sample_clips
+
+    audios = [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:2]
+    desk = TranscriptionDesk()
+    desk.answer_ahead(lambda: tiny, "tiny.en/0123456789ab", audios).join(timeout=120)
+    calls = desk.model_calls
+    assert calls >= 1 and all(desk.shared("tiny.en/0123456789ab", audio_key(a)) is not None for a in audios)
+    assert desk.transcribe(tiny, "tiny.en/0123456789ab", audios[0]).shared and desk.model_calls == calls
+
+    def pruned():
+        raise UserError("That quantized model is not here (any more); press Quantize again.")
+
+    ahead = desk.answer_ahead(pruned, "tiny.en/ffffffffffff", audios)  # nobody waits on it: logged, not raised
+    ahead.join(timeout=30)
+    assert not ahead.is_alive() and desk.shared("tiny.en/ffffffffffff", audio_key(audios[0])) is None
+
+
+@pytest.mark.slow
+def test_a_shared_answer_needs_no_place_in_a_full_transcription_room(tiny, tmp_path, monkeypatch):
+    import gradio as gr
+
+    from engine.run_history import RunHistory
+    from engine.speech.samples import sample_clips
+    from ui.handlers import Explorer
+
+    monkeypatch.setenv("ASRQ_DATA_DIR", str(tmp_path))
+    explorer = Explorer(models=ModelCache(loader=lambda name: tiny), history=RunHistory(tmp_path / "h.sqlite"),
+                        artifact_root=tmp_path / "results", transcriptions=TranscriptionDesk(capacity=1))
+    try:
+        first, second = [c for c in sample_clips() if c.group == "demo"][:2]
+        text = explorer.transcribe_audio(str(first.path), "tiny.en", first.name)[0]
+        calls = explorer.transcriptions.model_calls
+        with explorer.transcriptions.entered("another visitor"):  # the one place is taken: the room is full
+            assert explorer.transcribe_audio(str(first.path), "tiny.en", first.name)[0] == text
+            assert explorer.transcriptions.model_calls == calls  # answered from the kept transcript
+            with pytest.raises(gr.Error, match="busy"):  # a clip the model must hear waits for a place
+                explorer.transcribe_audio(str(second.path), "tiny.en", second.name)
+    finally:
+        explorer.close()

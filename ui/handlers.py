@@ -31,6 +31,7 @@ from serving.job_queue import JobQueue
 from serving.model_cache import ModelCache
 from serving.policy import ServingPolicy
 from serving.results import ResultStore
+from serving.tasks import run_id_of
 from serving.transcription import TranscriptionDesk, audio_key
 from serving.worker import JobCancelled, Worker
 from ui import plots
@@ -75,6 +76,7 @@ class Explorer:
         self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
                                                    self.policy.kept_artifacts)
         self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS)
+        self.jobs.on_idle_result = self._answer_demos_ahead
 
     def close(self) -> None:
         self.jobs.close()
@@ -91,6 +93,12 @@ class Explorer:
             except UserError as exc:
                 log.warning("warm-up %s skipped: %s", item, exc)
         return queued
+
+    def _answer_demos_ahead(self, summary: dict) -> None:
+        """A warm-up run finished: transcribe the demo clips with it now, so the room's clicks share the answers."""
+        demos = [load_audio(c.path) for c in self.samples.values() if c.group == "demo"]
+        self.transcriptions.answer_ahead(lambda: self.results.model(summary["run_id"]),
+                                         f"{summary['model']}/{summary['run_id']}", demos)
 
     def warm_up_transcripts(self, model_name: str = DEFAULT_MODEL) -> int:
         """Transcribe the demo clips at full precision once (at start), so a room's first clicks share them."""
@@ -203,7 +211,9 @@ class Explorer:
 
     def _run_quantize(self, request: dict, session: str | None, progress) -> tuple[str, dict]:
         """Run (or reuse) a quantization in the worker; load the saved result for transcription."""
-        summary = self._run_job("quantize", request, session, progress)
+        # A run finished before is answered here at once, without a place in the queue.
+        summary = (self.results.finished_summary(run_id_of(request))
+                   or self._run_job("quantize", request, session, progress))
         self.results.add_finished(summary)
         self.history.add(summary, session)
         return summary["run_id"], summary
@@ -384,15 +394,21 @@ class Explorer:
 
         Returns (fp text, quantized word diff, details markdown).
         """
+        session, desk = getattr(request, "session_hash", None), self.transcriptions
         try:
-            with self.transcriptions.entered(getattr(request, "session_hash", None)):
+            with desk.reading(session):
                 self._check_model(model_name)
                 result = self.results.model(run_id) if run_id else None  # an unknown run id: refused before decoding
                 audio = self._audio(audio_path)
                 digest = audio_key(audio)
-                fp = self.transcriptions.transcribe(self.models.get(model_name), model_name, audio, digest)
-                quantized = (self.transcriptions.transcribe(result, f"{model_name}/{run_id}", audio, digest)
-                             if result is not None else None)
+            wanted = [(self.models.get(model_name), model_name)]
+            wanted += [(result, f"{model_name}/{run_id}")] if result is not None else []
+            answers = [desk.shared(key, digest) for _, key in wanted]
+            if None in answers:  # only a request the model must answer takes a place in the transcription room
+                with desk.entered(session):
+                    answers = [found or desk.transcribe(loaded, key, audio, digest)
+                               for found, (loaded, key) in zip(answers, wanted)]
+            fp, quantized = answers[0], answers[1] if result is not None else None
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
         fp_text, q_text = fp.text, quantized.text if quantized is not None else None

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 from engine.errors import UserError
 from engine.quant.artifacts import ArtifactError, load_quantized, prune_artifacts, verify_artifact
 from engine.whisper.models import LoadedModel
 from serving.memory import release_memory
+from serving.model_cache import ModelCache
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")
 
@@ -41,59 +40,48 @@ def saved_summary(folder: Path) -> dict | None:
 
 
 class ResultStore:
-    """At most ``kept_loaded`` quantized models in memory and ``kept_saved`` artifact folders under ``root``."""
+    """At most ``kept_loaded`` quantized models in memory (one load in flight per run) and ``kept_saved``
+    artifact folders under ``root``."""
 
     def __init__(self, root: Path, kept_loaded: int = 4, kept_saved: int = 64):
         self.root = Path(root)
         self.kept_loaded = kept_loaded
         self.kept_saved = kept_saved
-        self._loaded: OrderedDict[str, tuple[LoadedModel, dict]] = OrderedDict()
-        self._lock = threading.Lock()
+        # run id -> (model, summary); a room transcribing with one run at once shares one load of it
+        self._loaded: ModelCache[tuple[LoadedModel, dict]] = ModelCache(kept_loaded, self._load, release_memory)
+
+    def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
+        loaded, meta = load_quantized(self.root / run_id)
+        return loaded, meta.get("app_summary", {})
 
     def remember(self, run_id: str, loaded: LoadedModel, summary: dict) -> None:
-        with self._lock:
-            self._loaded[run_id] = (loaded, summary)
-            self._loaded.move_to_end(run_id)
-            evicted = len(self._loaded) > self.kept_loaded
-            while len(self._loaded) > self.kept_loaded:
-                self._loaded.popitem(last=False)
-        if evicted:
-            release_memory()
+        self._loaded.put(run_id, (loaded, summary))
 
     def add_finished(self, summary: dict) -> None:
         """A run the worker just finished (or answered from its saved artifact): load it, prune old folders."""
-        with self._lock:  # a repeat of a run still in memory: no second copy of the model
-            kept = self._loaded.get(summary["run_id"])
-        self.remember(summary["run_id"], kept[0] if kept else load_quantized(summary["artifact"])[0], summary)
-        with self._lock:
-            in_memory = frozenset(self._loaded)
-        prune_artifacts(self.root, self.kept_saved, protect=in_memory)
+        loaded, _ = self._loaded.get(summary["run_id"])  # a repeat of a run still in memory: no second copy
+        self.remember(summary["run_id"], loaded, summary)
+        prune_artifacts(self.root, self.kept_saved, protect=frozenset(rid for rid, _ in self._loaded.items()))
 
     def model(self, run_id: str) -> LoadedModel:
         """The loaded model of a run: from memory, else from its saved artifact; UserError when there is none."""
-        with self._lock:
-            if run_id in self._loaded:
-                self._loaded.move_to_end(run_id)
-                return self._loaded[run_id][0]
+        kept = self._loaded.peek(run_id)
+        if kept is not None:
+            return kept[0]
         if not RUN_ID.fullmatch(run_id):
             raise UserError("That is not a quantized model id from this page.")
-        folder = self.root / run_id
-        if not folder.is_dir():
+        if not (self.root / run_id).is_dir():
             raise UserError("That quantized model is not here (any more); press Quantize again.")
-        loaded, meta = load_quantized(folder)
-        self.remember(run_id, loaded, meta.get("app_summary", {}))
-        return loaded
+        return self._loaded.get(run_id)[0]
 
     def finished_summary(self, run_id: str) -> dict | None:
         """The summary of a run finished before (in memory, or saved here and whole), else None: asking for it
         again needs no job."""
-        with self._lock:
-            kept = self._loaded.get(run_id)
+        kept = self._loaded.peek(run_id)
         if kept is not None and current_shape(kept[1]):
             return kept[1]
         return saved_summary(self.root / run_id) if RUN_ID.fullmatch(run_id) else None
 
     def summaries(self, except_run: str | None = None) -> list[dict]:
         """Summaries of the runs in memory, most recent first."""
-        with self._lock:
-            return [s for rid, (_, s) in reversed(self._loaded.items()) if rid != except_run]
+        return [summary for rid, (_, summary) in self._loaded.items() if rid != except_run]

@@ -6,9 +6,15 @@ it here for transcription. A run id typed by a visitor is checked before any fil
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+import weakref
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from engine.errors import UserError
 from engine.quant.artifacts import ArtifactError, load_quantized, prune_artifacts, verify_artifact
@@ -17,6 +23,32 @@ from serving.memory import release_memory
 from serving.model_cache import ModelCache
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")
+log = logging.getLogger(__name__)
+
+
+class TensorPool:
+    """Parameters equal in several loaded runs held once. Every run of one model stores what it left
+    unquantized in float16 alike (the token embedding, also the output layer: half of tiny.en), so a server
+    keeping a room's runs in memory need not hold that half once per run."""
+
+    def __init__(self) -> None:
+        self._kept: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (name, shape, dtype) -> parameter
+        self._lock = threading.Lock()
+
+    def share(self, model: nn.Module) -> int:
+        """Point model's parameters at equal ones kept from runs still in memory; returns the bytes saved."""
+        saved = 0
+        with self._lock, torch.no_grad():
+            for name, param in model.named_parameters():  # a tied weight once: its modules share the parameter
+                key = (name, tuple(param.shape), param.dtype)
+                kept = self._kept.get(key)
+                if kept is not None and kept.data_ptr() != param.data_ptr() and torch.equal(kept, param):
+                    param.data = kept.data
+                    saved += param.numel() * param.element_size()
+                if kept is None or kept.data_ptr() == param.data_ptr():
+                    # the newest run holds the pool's reference: the last of the runs in memory to be evicted
+                    self._kept[key] = param
+        return saved
 
 
 def current_shape(summary: dict | None) -> bool:
@@ -49,9 +81,12 @@ class ResultStore:
         self.kept_saved = kept_saved
         # run id -> (model, summary); a room transcribing with one run at once shares one load of it
         self._loaded: ModelCache[tuple[LoadedModel, dict]] = ModelCache(kept_loaded, self._load, release_memory)
+        self._tensors = TensorPool()
 
     def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
         loaded, meta = load_quantized(self.root / run_id)
+        saved = self._tensors.share(loaded.model)
+        log.info("run %s loaded; %.0f MB of its parameters shared with runs in memory", run_id, saved / 2**20)
         return loaded, meta.get("app_summary", {})
 
     def remember(self, run_id: str, loaded: LoadedModel, summary: dict) -> None:

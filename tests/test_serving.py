@@ -156,3 +156,31 @@ def test_a_shared_answer_needs_no_place_in_a_full_transcription_room(tiny, tmp_p
                 explorer.transcribe_audio(str(second.path), "tiny.en", second.name)
     finally:
         explorer.close()
+
+
+def test_equal_parameters_of_loaded_runs_are_held_once():
+    import torch
+    from torch import nn
+
+    from serving.results import TensorPool
+
+    def run(seed: int) -> nn.Module:
+        model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 8), nn.Linear(8, 50, bias=False))
+        model[2].weight = model[0].weight  # tied, as Whisper's output layer and token embedding
+        with torch.no_grad():
+            model[0].weight.copy_(torch.arange(400.0).reshape(50, 8))  # equal in every run
+            model[1].weight.copy_(torch.randn(8, 8, generator=torch.Generator().manual_seed(seed)))
+        return model
+
+    pool = TensorPool()
+    first, second = run(0), run(1)
+    x = torch.tensor([[1, 2, 3]])
+    before = second(x)
+    assert pool.share(first) == 0
+    assert pool.share(second) == 50 * 8 * 4  # the embedding only: the linear weights differ
+    assert second[0].weight.data_ptr() == first[0].weight.data_ptr() == second[2].weight.data_ptr()
+    assert second[1].weight.data_ptr() != first[1].weight.data_ptr()
+    assert torch.equal(second(x), before)
+    del first
+    third = run(2)
+    assert pool.share(third) == 50 * 8 * 4  # the second run still holds the embedding

@@ -6,8 +6,9 @@ cannot fill it by clicking twice. A job whose result the request alone decides (
 RESULT_KEYS: a quantization's run id) is shared: a second submit of the same request while the first waits
 or runs follows it, taking no place, and gets the same result; warm-up work asked for by a visitor is
 adopted (it goes on as the visitor's job) instead of being stopped and started again. A follower's cancel
-leaves the job to the others; the job itself stops only when nobody waits for it. One dispatcher thread starts the jobs in the order they were submitted
-(a real FIFO: a lock's waiters are woken in no particular order). ``wait`` blocks the submitting thread
+leaves the job to the others; the job itself stops only when nobody waits for it. One dispatcher thread
+starts the jobs in the order they were submitted (a real FIFO: a lock's waiters are woken in no particular
+order). ``wait`` blocks the submitting thread
 until its job ends, handing it progress (and, while it waits, how many jobs are ahead and for about how
 long) through plain callbacks on that same thread. ``cancel`` addresses a job by id under the queue's lock:
 a waiting job leaves the queue, a running one has its worker process killed, and a finished job's id is

@@ -93,13 +93,14 @@ class TranscriptionDesk:
         """The kept answer for this audio (by digest) and model, if any: no model call, no place needed."""
         return self._shared((digest, model_key, DECODING))
 
-    def answer_ahead(self, load: Callable[[], LoadedModel], model_key: str, audios: list[np.ndarray]) -> threading.Thread:
-        """In a thread: load the model and transcribe ``audios`` with it, keeping the answers for whoever asks
-        (it takes turns for the CPU with visitors' requests, one batch at a time)."""
+    def answer_ahead(self, load: Callable[[], LoadedModel], model_key: str,
+                     audios: Callable[[], list[np.ndarray]]) -> threading.Thread:
+        """In a thread: load the model and the audio and transcribe it, keeping the answers for whoever asks (it
+        takes turns for the CPU with visitors' requests, one batch at a time; the caller's thread reads nothing)."""
         def run() -> None:
             try:
                 loaded = load()
-                for audio in audios:
+                for audio in audios():
                     self.transcribe(loaded, model_key, audio)
             except (UserError, OSError, RuntimeError) as exc:  # a pruned result or a failing model: nobody waits on it
                 log.warning("answers ahead for %s not made: %s", model_key, exc)

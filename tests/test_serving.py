@@ -121,7 +121,7 @@ def test_answers_made_ahead_are_kept_for_whoever_asks(tiny):
 
     audios = [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:2]
     desk = TranscriptionDesk()
-    desk.answer_ahead(lambda: tiny, "tiny.en/0123456789ab", audios).join(timeout=120)
+    desk.answer_ahead(lambda: tiny, "tiny.en/0123456789ab", lambda: audios).join(timeout=120)
     calls = desk.model_calls
     assert calls >= 1 and all(desk.shared("tiny.en/0123456789ab", audio_key(a)) is not None for a in audios)
     assert desk.transcribe(tiny, "tiny.en/0123456789ab", audios[0]).shared and desk.model_calls == calls
@@ -129,7 +129,7 @@ def test_answers_made_ahead_are_kept_for_whoever_asks(tiny):
     def pruned():
         raise UserError("That quantized model is not here (any more); press Quantize again.")
 
-    ahead = desk.answer_ahead(pruned, "tiny.en/ffffffffffff", audios)  # nobody waits on it: logged, not raised
+    ahead = desk.answer_ahead(pruned, "tiny.en/ffffffffffff", lambda: audios)  # nobody waits on it: logged, not raised
     ahead.join(timeout=30)
     assert not ahead.is_alive() and desk.shared("tiny.en/ffffffffffff", audio_key(audios[0])) is None
 

@@ -96,17 +96,19 @@ class Explorer:
 
     def _answer_demos_ahead(self, summary: dict) -> None:
         """A warm-up run finished: transcribe the demo clips with it now, so the room's clicks share the answers."""
-        demos = [load_audio(c.path) for c in self.samples.values() if c.group == "demo"]
         self.transcriptions.answer_ahead(lambda: self.results.model(summary["run_id"]),
-                                         f"{summary['model']}/{summary['run_id']}", demos)
+                                         f"{summary['model']}/{summary['run_id']}", self._demo_audios)
 
     def warm_up_transcripts(self, model_name: str = DEFAULT_MODEL) -> int:
         """Transcribe the demo clips at full precision once (at start), so a room's first clicks share them."""
         loaded = self.models.get(model_name)
-        demos = [c for c in self.samples.values() if c.group == "demo"]
-        for clip in demos:
-            self.transcriptions.transcribe(loaded, model_name, load_audio(clip.path))
+        demos = self._demo_audios()
+        for audio in demos:
+            self.transcriptions.transcribe(loaded, model_name, audio)
         return len(demos)
+
+    def _demo_audios(self) -> list:
+        return [load_audio(c.path) for c in self.samples.values() if c.group == "demo"]
 
     # ---------------------------------------------------------------- samples and audio
     def sample_path(self, name: str | None) -> str | None:

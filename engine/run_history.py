@@ -52,7 +52,7 @@ def default_history_path() -> Path:
 
 # Kept in the run's artifact folder, not in its history row: an edited layer table can be a thousand rows
 # (the row keeps its short layers_key), and the per-layer records are for the page's plots.
-ARTIFACT_ONLY = ("overrides", "per_layer", "per_block")
+ARTIFACT_ONLY = ("overrides", "per_layer", "per_block", "transcripts")
 
 
 class RunHistory:

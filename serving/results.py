@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -82,6 +83,11 @@ class ResultStore:
         # run id -> (model, summary); a room transcribing with one run at once shares one load of it
         self._loaded: ModelCache[tuple[LoadedModel, dict]] = ModelCache(kept_loaded, self._load, release_memory)
         self._tensors = TensorPool()
+        # run id -> summary of the runs finished or answered lately, most recent last: a finished run is loaded
+        # only when a transcription needs its model (most of a room's demo clicks are answered from kept
+        # transcripts), so the summaries are kept apart from the loaded models.
+        self._recent: OrderedDict[str, dict] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
         loaded, meta = load_quantized(self.root / run_id)
@@ -89,34 +95,50 @@ class ResultStore:
         log.info("run %s loaded; %.0f MB of its parameters shared with runs in memory", run_id, saved / 2**20)
         return loaded, meta.get("app_summary", {})
 
-    def remember(self, run_id: str, loaded: LoadedModel, summary: dict) -> None:
-        self._loaded.put(run_id, (loaded, summary))
-
     def add_finished(self, summary: dict) -> None:
-        """A run the worker just finished (or answered from its saved artifact): load it, prune old folders."""
-        loaded, _ = self._loaded.get(summary["run_id"])  # a repeat of a run still in memory: no second copy
-        self.remember(summary["run_id"], loaded, summary)
-        prune_artifacts(self.root, self.kept_saved, protect=frozenset(rid for rid, _ in self._loaded.items()))
+        """A run the worker just finished (or answered from its saved artifact): remember its summary (its model
+        is loaded when a transcription first needs it), prune old folders."""
+        with self._recent_lock:
+            self._recent[summary["run_id"]] = summary
+            self._recent.move_to_end(summary["run_id"])
+            while len(self._recent) > self.kept_saved:
+                self._recent.popitem(last=False)
+            recent = list(self._recent)[-self.kept_loaded:]
+        protect = frozenset(rid for rid, _ in self._loaded.items()) | frozenset(recent)
+        prune_artifacts(self.root, self.kept_saved, protect=protect)
+
+    def check(self, run_id: str) -> None:
+        """UserError in one sentence unless run_id names a run this server has (in memory or saved); loads
+        nothing."""
+        if self._loaded.peek(run_id) is not None:
+            return
+        if not RUN_ID.fullmatch(run_id):
+            raise UserError("That is not a quantized model id from this page.")
+        if not (self.root / run_id).is_dir():
+            raise UserError("That quantized model is not here (any more); press Quantize again.")
 
     def model(self, run_id: str) -> LoadedModel:
         """The loaded model of a run: from memory, else from its saved artifact; UserError when there is none."""
         kept = self._loaded.peek(run_id)
         if kept is not None:
             return kept[0]
-        if not RUN_ID.fullmatch(run_id):
-            raise UserError("That is not a quantized model id from this page.")
-        if not (self.root / run_id).is_dir():
-            raise UserError("That quantized model is not here (any more); press Quantize again.")
+        self.check(run_id)
         return self._loaded.get(run_id)[0]
 
     def finished_summary(self, run_id: str) -> dict | None:
         """The summary of a run finished before (in memory, or saved here and whole), else None: asking for it
         again needs no job."""
+        with self._recent_lock:
+            recent = self._recent.get(run_id)
+        if recent is not None and (self.root / run_id).is_dir():
+            return recent
         kept = self._loaded.peek(run_id)
         if kept is not None and current_shape(kept[1]):
             return kept[1]
         return saved_summary(self.root / run_id) if RUN_ID.fullmatch(run_id) else None
 
     def summaries(self, except_run: str | None = None) -> list[dict]:
-        """Summaries of the runs in memory, most recent first."""
-        return [summary for rid, (_, summary) in self._loaded.items() if rid != except_run]
+        """Summaries of the latest runs (as many as are kept in memory), most recent first."""
+        with self._recent_lock:
+            recent = list(reversed(self._recent.values()))
+        return [summary for summary in recent if summary["run_id"] != except_run][: self.kept_loaded]

@@ -27,13 +27,14 @@ from engine.quant.artifacts import save_quantized
 from engine.quant.layer_table import apply_overrides, build_table
 from engine.quant.quantize import quantize
 from engine.quant.registry import make_config
-from engine.speech.audio import load_audio
+from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.speech.evaluate import evaluate
 from engine.speech.samples import SAMPLE_DIR, EvalSet, eval_set
 from engine.whisper.models import load_model
 from engine.workflows.experiment import calibration_for, interval_summary
 from serving.model_cache import ModelCache
 from serving.results import saved_summary
+from serving.transcription import audio_key
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ def quantize_task(request: dict, progress: ProgressFn, context: dict) -> dict:
         real_fp32 = _real_latency(context, fp32_model, scored, workdir / "fp32", FP32_RUNTIMES)
         summary = _summary(request, run_id, folder, config, calibration, result, scored, report, fp32, real, real_fp32)
         summary["whisper_cpp_file"] = WHISPER_CPP_FILE if download else None
+        summary["transcripts"] = _transcripts(scored, report)
         progress(0.97, "saving the quantized model")
         save_quantized(result, folder, extra={"app_summary": summary})
         if download:
@@ -151,6 +153,17 @@ def _summary(request, run_id, folder, config, calibration, result, scored, repor
         # None when no real runtime runs this format: the page then says "fake quant" instead of a time.
         "real_latency": real, "real_latency_fp32": real_fp32,
     }
+
+
+def _transcripts(scored: EvalSet, report) -> dict[str, dict]:
+    """The quantized model's transcript of each scored clip, keyed by the digest a server keys that clip's audio
+    by (serving/transcription.py): a room clicking the demo clips with this run is answered without running it.
+    Seconds: the clip's share of the scoring's decoding time."""
+    answers = {}
+    for utterance, result in zip(scored.utterances, report.utterances):
+        audio = load_audio(utterance.path)
+        answers[audio_key(audio)] = {"text": result.hypothesis, "seconds": report.rtf * len(audio) / SAMPLE_RATE}
+    return answers
 
 
 def personalize_task(request: dict, progress: ProgressFn, context: dict) -> dict:

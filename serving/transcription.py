@@ -9,8 +9,9 @@ answered together: whoever gets the CPU next transcribes every waiting request f
 
 Two bounded rooms, one place per session in each: ``reading`` for decoding a request's audio and looking up
 shared answers (quick), ``entered`` for the requests that need the model. A shared answer never waits for,
-nor is turned away by, a room full of uploads. ``answer_ahead`` transcribes likely requests in a thread
-(the demo clips with a freshly warmed-up model) before anyone asks.
+nor is turned away by, a room full of uploads. ``keep`` takes answers made elsewhere (the worker's transcripts of
+the demo clips a run was scored on), and ``answer_ahead`` transcribes likely requests in a thread before anyone
+asks (the demo clips with a run whose summary brought none).
 """
 
 from __future__ import annotations
@@ -93,14 +94,29 @@ class TranscriptionDesk:
         """The kept answer for this audio (by digest) and model, if any: no model call, no place needed."""
         return self._shared((digest, model_key, DECODING))
 
+    def keep(self, model_key: str, answers: dict[str, dict]) -> int:
+        """Keep answers made elsewhere (the worker's transcripts of the clips it scored a run on: digest -> text
+        and seconds) for whoever asks; returns how many were new."""
+        with self._answers_lock:
+            new = 0
+            for digest, answer in answers.items():
+                key = (digest, model_key, DECODING)
+                if key not in self._answers:
+                    self._answers[key] = Transcript(answer["text"], answer["seconds"])
+                    new += 1
+            while len(self._answers) > self._kept:
+                self._answers.popitem(last=False)
+        return new
+
     def answer_ahead(self, load: Callable[[], LoadedModel], model_key: str,
                      audios: Callable[[], list[np.ndarray]]) -> threading.Thread:
         """In a thread: load the model and the audio and transcribe it, keeping the answers for whoever asks (it
         takes turns for the CPU with visitors' requests, one batch at a time; the caller's thread reads nothing)."""
         def run() -> None:
             try:
-                loaded = load()
-                for audio in audios():
+                todo = [a for a in audios() if self.shared(model_key, audio_key(a)) is None]
+                loaded = load() if todo else None  # every answer kept already: the model is not even loaded
+                for audio in todo:
                     self.transcribe(loaded, model_key, audio)
             except (UserError, OSError, RuntimeError) as exc:  # a pruned result or a failing model: nobody waits on it
                 log.warning("answers ahead for %s not made: %s", model_key, exc)

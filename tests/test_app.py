@@ -40,6 +40,8 @@ def test_quantize_then_transcribe_side_by_side(client):
     quantized = "".join(d["token"] for d in diff if d["class_or_confidence"] != "missing")
     assert "fox" in quantized.lower()
     assert "WER full precision" in details and "quantized:" in details
+    # The worker's transcripts of the demo clips it scored the run on answer the page: no model call.
+    assert "a shared answer" in next(line for line in details.splitlines() if line.startswith("Quantized"))
 
 
 def test_quantize_rejects_an_impossible_layer_setting(client):

@@ -134,6 +134,27 @@ def test_answers_made_ahead_are_kept_for_whoever_asks(tiny):
     assert not ahead.is_alive() and desk.shared("tiny.en/ffffffffffff", audio_key(audios[0])) is None
 
 
+def test_answers_kept_from_the_worker_are_shared_without_loading_the_model():
+    rng = np.random.default_rng(0)
+    audios = [rng.standard_normal(16000).astype(np.float32) * 0.1 for _ in range(3)]
+    desk = TranscriptionDesk()
+    made = {audio_key(a): {"text": f"clip {i}", "seconds": 0.25} for i, a in enumerate(audios[:2])}
+    assert desk.keep("tiny.en/0123456789ab", made) == 2 and desk.keep("tiny.en/0123456789ab", made) == 0
+    found = desk.shared("tiny.en/0123456789ab", audio_key(audios[1]))
+    assert found.text == "clip 1" and found.shared and found.seconds == 0.25
+    assert desk.shared("tiny.en", audio_key(audios[1])) is None  # another model never shares it
+    loads = []
+
+    def load():
+        loads.append(1)
+        raise RuntimeError("a model that cannot load")
+
+    desk.answer_ahead(load, "tiny.en/0123456789ab", lambda: audios[:2]).join(timeout=30)
+    assert loads == [] and desk.model_calls == 0  # every answer kept: nothing loaded, nothing run
+    desk.answer_ahead(load, "tiny.en/0123456789ab", lambda: audios).join(timeout=30)
+    assert loads == [1]  # a clip without an answer: the model is needed (here it fails: logged, not raised)
+
+
 @pytest.mark.slow
 def test_a_shared_answer_needs_no_place_in_a_full_transcription_room(tiny, tmp_path, monkeypatch):
     import gradio as gr

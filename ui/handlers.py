@@ -95,9 +95,11 @@ class Explorer:
         return queued
 
     def _answer_demos_ahead(self, summary: dict) -> None:
-        """A warm-up run finished: transcribe the demo clips with it now, so the room's clicks share the answers."""
-        self.transcriptions.answer_ahead(lambda: self.results.model(summary["run_id"]),
-                                         f"{summary['model']}/{summary['run_id']}", self._demo_audios)
+        """A warm-up run finished: share its transcripts of the scored clips, and transcribe the demo clips with
+        it now if those were not among them (a server scoring on real recordings), for the room's clicks."""
+        key = f"{summary['model']}/{summary['run_id']}"
+        self.transcriptions.keep(key, summary.get("transcripts") or {})
+        self.transcriptions.answer_ahead(lambda: self.results.model(summary["run_id"]), key, self._demo_audios)
 
     def warm_up_transcripts(self, model_name: str = DEFAULT_MODEL) -> int:
         """Transcribe the demo clips at full precision once (at start), so a room's first clicks share them."""
@@ -217,6 +219,7 @@ class Explorer:
         summary = (self.results.finished_summary(run_id_of(request))
                    or self._run_job("quantize", request, session, progress))
         self.results.add_finished(summary)
+        self.transcriptions.keep(f"{summary['model']}/{summary['run_id']}", summary.get("transcripts") or {})
         self.history.add(summary, session)
         return summary["run_id"], summary
 
@@ -400,17 +403,20 @@ class Explorer:
         try:
             with desk.reading(session):
                 self._check_model(model_name)
-                result = self.results.model(run_id) if run_id else None  # an unknown run id: refused before decoding
+                if run_id:
+                    self.results.check(run_id)  # an unknown run id: refused before decoding
                 audio = self._audio(audio_path)
                 digest = audio_key(audio)
-            wanted = [(self.models.get(model_name), model_name)]
-            wanted += [(result, f"{model_name}/{run_id}")] if result is not None else []
+            # Models are loaded only for the answers not kept: a run evicted from memory is not reloaded for a
+            # demo clip the worker already transcribed with it.
+            wanted = [(lambda: self.models.get(model_name), model_name)]
+            wanted += [(lambda: self.results.model(run_id), f"{model_name}/{run_id}")] if run_id else []
             answers = [desk.shared(key, digest) for _, key in wanted]
             if None in answers:  # only a request the model must answer takes a place in the transcription room
                 with desk.entered(session):
-                    answers = [found or desk.transcribe(loaded, key, audio, digest)
-                               for found, (loaded, key) in zip(answers, wanted)]
-            fp, quantized = answers[0], answers[1] if result is not None else None
+                    answers = [found or desk.transcribe(load(), key, audio, digest)
+                               for found, (load, key) in zip(answers, wanted)]
+            fp, quantized = answers[0], answers[1] if run_id else None
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
         fp_text, q_text = fp.text, quantized.text if quantized is not None else None

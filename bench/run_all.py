@@ -9,8 +9,8 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import (batching, deployment, foundation, fuzz_audio, kernels, load, methods, personalization, quant_memory,
-                   sweep_speed)
+from bench import (batching, deployment, deployment_draws, foundation, fuzz_audio, kernels, load, methods, personalization,
+                   quant_memory, sweep_speed, whisper_cpp_build)
 from bench.common import REPO
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
@@ -50,6 +50,7 @@ HELDOUT_ROWS = ("faster-whisper int8", "whisper.cpp f16", "own q4_0", "own q4_1"
 PASS_SPEED_RUN = ["--methods", "fade", "--bits", "4", "--pad-strides", "1", "8", "--seeds", "0", "1", "2", "--wer",
                   "--out", "pass_speed"]
 BASELINE = REPO.parent / "base"
+NATIVE_WHISPER_CPP = REPO / "build" / "native-pywhispercpp"
 # The optional bigger models (make bench installs the base and small extras): FADE 4-bit time, peak memory and
 # WER, beside each model alone (its memory and its own WER).
 BIGGER_MODELS_RUN = ["--models", "base", "small", "--methods", "fp32", "fade", "--bits", "4", "--pad-strides", "1",
@@ -64,6 +65,9 @@ def main() -> None:
     kernels.main([])
     deployment.main([])
     deployment.main(["--heldout", "--only", *HELDOUT_ROWS])
+    deployment_draws.main([])  # the target rows over 5 calibration draws
+    if NATIVE_WHISPER_CPP.is_dir():  # `make whispercpp-native` built it (CPUs with AVX-512 VNNI only)
+        whisper_cpp_build.main(["--native", str(NATIVE_WHISPER_CPP)])
     methods.main([])
     quant_memory.main([])
     # The faster pass (one encoder padding frame in 8 in the moments) against every frame, on accuracy and time,

@@ -205,3 +205,27 @@ def test_equal_parameters_of_loaded_runs_are_held_once():
     del first
     third = run(2)
     assert pool.share(third) == 50 * 8 * 4  # the second run still holds the embedding
+
+
+def test_a_finished_run_is_remembered_without_loading_its_model(tmp_path):
+    from engine.errors import UserError
+    from engine.quant.artifacts import ArtifactError
+    from serving.results import ResultStore
+
+    store = ResultStore(tmp_path, kept_loaded=2, kept_saved=8)
+    runs = [f"{i:012x}" for i in range(3)]
+    for run_id in runs:  # folders without a model in them: remembering must not open them
+        (tmp_path / run_id).mkdir()
+        store.add_finished({"run_id": run_id, "method": "rtn", "bits": 4})
+    assert [s["run_id"] for s in store.summaries()] == runs[::-1][:2]  # the latest first, as many as kept loaded
+    assert [s["run_id"] for s in store.summaries(except_run=runs[2])] == [runs[1], runs[0]]
+    assert store.finished_summary(runs[0])["bits"] == 4
+    store.check(runs[0])  # known: no error, nothing loaded
+    with pytest.raises(UserError, match="not a quantized model id"):
+        store.check("../etc")
+    with pytest.raises(UserError, match="not here"):
+        store.check("ffffffffffff")
+    with pytest.raises(ArtifactError):  # the model is opened only when asked for
+        store.model(runs[0])
+    (tmp_path / runs[0]).rmdir()
+    assert store.finished_summary(runs[0]) is None  # its folder was pruned: asking again needs a job

@@ -108,8 +108,7 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         texts = runtime.transcribe(audios)
         elapsed = time.perf_counter() - start
-        errors = [scorer.word_errors(u.reference, t) for u, t in zip(utterances, texts)]
-        errs, words = [e for e, _ in errors], [w for _, w in errors]
+        errs, words = scorer.error_counts([u.reference for u in utterances], texts)
         ci = wer_interval(errs, words)
         rows[label] = {"runtime": runtime.label, "wer": sum(errs) / sum(words), "wer_ci95": ci.to_list(),
                        "rtf": elapsed / seconds, "size_bytes": size_bytes, "note": note, "errors": errs,

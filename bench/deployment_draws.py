@@ -65,8 +65,7 @@ def main(argv=None) -> dict:
 
     def score(model_file: Path, container: str) -> dict:
         texts = WhisperCppRuntime(model_file, args.threads, container).transcribe(audios)
-        counts = [scorer.word_errors(u.reference, t) for u, t in zip(utterances, texts)]
-        errors, words = [e for e, _ in counts], [w for _, w in counts]
+        errors, words = scorer.error_counts([u.reference for u in utterances], texts)
         return {"wer": sum(errors) / sum(words), "errors": errors, "words": words}
 
     def save() -> None:

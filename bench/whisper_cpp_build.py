@@ -120,9 +120,9 @@ def main(argv=None) -> dict:
         row = {}
         for build in ("wheel", "native"):
             texts = rounds[0][build]["files"][container]["texts"]
-            errors = [scorer.word_errors(u.reference, t) for u, t in zip(utterances, texts)]
+            errors, words = scorer.error_counts([u.reference for u in utterances], texts)
             row[build] = {"rtf": [r[build]["files"][container]["seconds"] / seconds for r in rounds],
-                          "wer": sum(e for e, _ in errors) / sum(w for _, w in errors)}
+                          "wer": sum(errors) / sum(words)}
         row["same_texts"] = sum(a == b for a, b in zip(rounds[0]["wheel"]["files"][container]["texts"],
                                                        rounds[0]["native"]["files"][container]["texts"]))
         rows[container] = row

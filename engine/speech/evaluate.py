@@ -158,6 +158,11 @@ class TextScorer:
         out = jiwer.process_words(ref, hyp if hyp.split() else "")
         return out.substitutions + out.deletions + out.insertions, len(ref.split())
 
+    def error_counts(self, references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Per-utterance (errors, reference words) as two lists, in order: what the bootstrap intervals take."""
+        counts = [self.word_errors(r, h) for r, h in zip(references, hypotheses)]
+        return [e for e, _ in counts], [w for _, w in counts]
+
     def score(self, references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, float]:
         """Corpus-level (WER, CER) as fractions; empty normalized references are skipped."""
         pairs = [(self.normalize(r), self.normalize(h)) for r, h in zip(references, hypotheses)]

@@ -14,8 +14,10 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
                                 mode, PUBLIC_WARM_UP in public mode)
     ASRQ_THREADS=1:1            torch threads of the job worker : of the server's transcriptions; "split": the
                                 cores in two, the worker getting the smaller half (the public default);
-                                "shared": both use every core, as torch does (the private default: one person
-                                rarely transcribes while a job runs). Measured in bench/results/load.md.
+                                "priority": both use every core and the worker runs at the lowest CPU priority,
+                                so a transcription takes the cores from a job whenever it runs; "shared": both use
+                                every core at the same priority, as torch does (the private default: one person
+                                rarely transcribes while a job runs). Measured in bench/results/load*.md.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def split_threads(cores: int) -> tuple[int, int]:
     return worker, max(1, cores - worker)
 
 
+LOWEST_PRIORITY = 19  # the largest niceness Linux gives: a job gets about 1.5% of a core a transcription wants
 PUBLIC_WARM_UP = ("fade:4", "gptq:4", "rtn:4", "nf4:4")  # the page's default first, then the other popular ones
 
 
@@ -72,6 +75,9 @@ class ServingPolicy:
     # so the two compete). A heavy job and a visitor's transcription then never wait on each other's threads.
     worker_threads: int | None = None
     transcribe_threads: int | None = None
+    # niceness of the worker process (0-19): above 0 the kernel's scheduler gives a transcription the cores a
+    # running job also wants, and the job gets them back the moment transcriptions stop
+    worker_nice: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
@@ -81,6 +87,8 @@ class ServingPolicy:
         for name in ("worker_threads", "transcribe_threads"):
             if getattr(self, name) is not None and not getattr(self, name) >= 1:
                 raise PolicyError(f"{name} must be 1 or more, not {getattr(self, name)}.")
+        if not 0 <= self.worker_nice <= LOWEST_PRIORITY:
+            raise PolicyError(f"worker_nice must be between 0 and {LOWEST_PRIORITY}, not {self.worker_nice}.")
         for item in self.warm_up:
             method, _, bits = item.partition(":")
             if not method or not bits.isdigit():
@@ -120,6 +128,9 @@ class ServingPolicy:
     @property
     def thread_split(self) -> str:
         """In words, for the log and the load test's table."""
+        if self.worker_nice:
+            return (f"priority (worker {self.worker_threads or 'all'} threads at niceness {self.worker_nice} : "
+                    f"transcription {self.transcribe_threads or 'all'} threads)")
         if self.worker_threads is None and self.transcribe_threads is None:
             return "shared (every core to both)"
         return f"worker {self.worker_threads or 'all'} : transcription {self.transcribe_threads or 'all'} threads"
@@ -151,14 +162,16 @@ class ServingPolicy:
 
 
 def _threads_from(text: str) -> dict:
-    """ASRQ_THREADS: "split" (this machine's cores in two), "shared", or "WORKER:TRANSCRIPTION"."""
+    """ASRQ_THREADS: "split" (this machine's cores in two), "priority", "shared", or "WORKER:TRANSCRIPTION"."""
     text = text.strip().lower()
     if text == "shared":
         return {}
+    if text == "priority":
+        return {"worker_nice": LOWEST_PRIORITY}
     if text == "split":
         worker, transcribe = split_threads(available_cores())
         return {"worker_threads": worker, "transcribe_threads": transcribe}
     worker, _, transcribe = text.partition(":")
     if not (worker.isdigit() and transcribe.isdigit()):
-        raise PolicyError(f"ASRQ_THREADS must be 'split', 'shared' or two thread counts like 1:1, not {text!r}.")
+        raise PolicyError(f"ASRQ_THREADS must be 'split', 'priority', 'shared' or two thread counts like 1:1, not {text!r}.")
     return {"worker_threads": int(worker), "transcribe_threads": int(transcribe)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import threading
 import time
 import traceback
@@ -32,9 +33,10 @@ class JobFailed(UserError):
     """The worker could not finish the job (its error, or the worker process died)."""
 
 
-def _worker_main(connection, threads: int | None = None) -> None:
+def _worker_main(connection, threads: int | None = None, nice: int = 0) -> None:
     """The worker process: answer jobs until the pipe closes. Runs in a fresh interpreter (spawn).
-    threads: torch's intra-op threads here (None: torch's default, every core)."""
+    threads: torch's intra-op threads here (None: torch's default, every core); nice: how much lower its CPU
+    priority is than the server's (a process may always lower its own)."""
     import torch
 
     from serving.memory import release_memory
@@ -42,6 +44,8 @@ def _worker_main(connection, threads: int | None = None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
+    if nice:
+        os.nice(nice)
 
     context: dict = {}  # lives as long as the process: loaded models, timings already measured
     while True:
@@ -79,9 +83,10 @@ class _Process:
 class Worker:
     """One worker process, started on first use, restarted after a cancel or a crash. One job at a time."""
 
-    def __init__(self, start_method: str = "spawn", threads: int | None = None):
+    def __init__(self, start_method: str = "spawn", threads: int | None = None, nice: int = 0):
         self._context = mp.get_context(start_method)
         self.threads = threads  # the process's torch threads (ServingPolicy.worker_threads); None: all cores
+        self.nice = nice  # the process's niceness (ServingPolicy.worker_nice)
         self._current: _Process | None = None
         self._lock = threading.Lock()  # guards _current between run() and close() on another thread
         self.jobs_started = 0
@@ -95,7 +100,7 @@ class Worker:
         with self._lock:
             if self._current is None or not self._current.process.is_alive():
                 parent, child = self._context.Pipe()
-                process = self._context.Process(target=_worker_main, args=(child, self.threads), daemon=True, name="asrq-worker")
+                process = self._context.Process(target=_worker_main, args=(child, self.threads, self.nice), daemon=True, name="asrq-worker")
                 process.start()
                 child.close()
                 self._current = _Process(process, parent)

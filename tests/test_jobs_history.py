@@ -17,7 +17,7 @@ from serving.job_queue import JobQueue
 from serving.policy import BusyError
 from serving.results import ResultStore
 from serving.tasks import run_id_of
-from serving.worker import JobCancelled, JobFailed
+from serving.worker import JobCancelled, JobFailed, Worker
 
 
 def fake_summary(run_id: str, wer: float = 0.1) -> dict:
@@ -126,6 +126,18 @@ def test_a_failing_job_reports_its_sentence_and_the_worker_lives_on(tmp_path, op
         jobs.run("quantize", {**rtn_request(tmp_path), "method": "nf4", "settings": {"bits": 3}})
     with pytest.raises(JobFailed, match="no task"):
         jobs.run("nonsense", {})
+
+
+def test_a_lower_priority_worker_runs_its_jobs_at_that_niceness(tmp_path):
+    """ASRQ_THREADS=priority: the worker process itself lowers its priority; the server keeps its own."""
+    jobs = JobQueue(capacity=1, worker=Worker(nice=7))
+    try:
+        with pytest.raises(JobFailed):  # the worker refuses the model quickly: started, no model work
+            jobs.run("quantize", unknown_model_request(tmp_path, 0))
+        niceness = int(open(f"/proc/{jobs.worker.pid}/stat").read().rsplit(")", 1)[1].split()[16])
+        assert niceness == os.nice(0) + 7
+    finally:
+        jobs.close()
 
 
 def unknown_model_request(tmp_path, tag: int) -> dict:

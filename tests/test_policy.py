@@ -51,6 +51,9 @@ def test_threads_are_split_in_public_mode_and_configurable(monkeypatch):
     shared = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "shared"})
     assert (shared.worker_threads, shared.transcribe_threads) == (None, None)
     assert ServingPolicy.from_env({"ASRQ_THREADS": "1:3"}).thread_split == "worker 1 : transcription 3 threads"
+    priority = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "priority"})
+    assert (priority.worker_threads, priority.transcribe_threads, priority.worker_nice) == (None, None, 19)
+    assert "niceness 19" in priority.thread_split
 
 
 @pytest.mark.parametrize("env,message", [

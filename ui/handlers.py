@@ -72,7 +72,8 @@ class Explorer:
     def __post_init__(self) -> None:
         if self.models is None:
             self.models = ModelCache(capacity=self.policy.kept_models, loader=self.policy.load_model)
-        self.jobs = self.jobs or JobQueue(self.policy.max_waiting_jobs, Worker(threads=self.policy.worker_threads))
+        self.jobs = self.jobs or JobQueue(self.policy.max_waiting_jobs, Worker(threads=self.policy.worker_threads,
+                                                                             nice=self.policy.worker_nice))
         self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
                                                    self.policy.kept_artifacts)
         self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS)

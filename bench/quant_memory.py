@@ -6,7 +6,7 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
 
     python -m bench.quant_memory [--methods fade gptq qep rtn] [--bits 4 3]
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 8 --seeds 0 1 2 --wer --out pass_speed \
-        --baseline ../base   # a checkout of an earlier commit, timed in turn with these rows (seed 0, its own pass)
+        --baseline ../base   # a checkout of an earlier commit (same child interface), timed in turn with these rows
     python -m bench.quant_memory --models base small --methods fp32 fade --bits 4 --pad-strides 1 --wer \
         --out bigger_models  # the optional extras (pip install '.[base,small]'); fp32: load and score only
 """
@@ -121,8 +121,9 @@ def main(argv=None) -> dict:
         for bits in args.bits:
             for method in args.methods:
                 for seed in args.seeds:  # seeds outermost: a slow spell of a shared machine hits every variant alike
-                    if args.baseline:  # its own child interface (method, bits): seed 0, every padding frame
-                        run([method, str(bits)], cwd=args.baseline, pad_stride=f"1 ({baseline})", seed=0)
+                    if args.baseline:  # the same seed, every padding frame, with the earlier commit's pass
+                        run([method, str(bits), "1", str(seed), "--model", model] + (["--wer"] if args.wer else []),
+                            cwd=args.baseline, pad_stride=f"1 ({baseline})")
                     for stride in args.pad_strides:
                         run([method, str(bits), str(stride), str(seed), "--model", model]
                             + (["--wer"] if args.wer else []))

@@ -120,6 +120,15 @@ class BlockRecord:
     residual_error: float
 
 
+def _rows(inputs: torch.Tensor, clips: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """The selected token rows of some clips, (rows, features), in one copy. inputs: (clips, tokens, features);
+    select: (len(clips), tokens) bool. Encoder rows are usually all selected: then no boolean mask is applied
+    (a second copy of the widest activations, and fresh pages, for nothing)."""
+    if bool(select.all()):
+        return inputs.index_select(0, clips).flatten(0, 1)
+    return inputs.index_select(0, clips)[select]
+
+
 class _StopForward(Exception):
     """Raised by a hook once the attention output is captured: the output projection is not needed yet."""
 
@@ -150,8 +159,16 @@ def _attention_core(attention: nn.Module, hidden: torch.Tensor, batch_size: int,
 # (clips, tokens, features)) and, once resumed after that group is quantized, computes the next group's
 # inputs with the quantized weights; it returns the block output. The same code runs both streams.
 def _in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """fn over batches of clips: bounds the temporaries of wide layers (fc1's output is 4x the stream)."""
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    """fn over batches of clips: bounds the temporaries of wide layers (fc1's output is 4x the stream).
+    Each batch is written into one preallocated output: a list of pieces and their concatenation would hold
+    the (clips, tokens, 4 d) result twice at the pass's peak."""
+    first = fn(x[:batch_size])
+    out = first.new_empty((x.shape[0], *first.shape[1:]))
+    out[:batch_size] = first
+    del first
+    for i in range(batch_size, x.shape[0], batch_size):
+        out[i:i + batch_size] = fn(x[i:i + batch_size])
+    return out
 
 
 # The generators drop each intermediate as soon as it is no longer needed: the two streams are suspended
@@ -287,9 +304,9 @@ class TwoStreamPass:
                 chosen = rows.weight == weight
                 clips = torch.nonzero((chosen & in_half).any(dim=1)).flatten().tolist()
                 for start in range(0, len(clips), ACCUMULATE_CLIPS):
-                    part = clips[start:start + ACCUMULATE_CLIPS]
+                    part = torch.tensor(clips[start:start + ACCUMULATE_CLIPS])
                     select = chosen[part]
-                    stats.add_batch(inputs_fp[part][select], inputs_q[part][select], split, weight)
+                    stats.add_batch(_rows(inputs_fp, part, select), _rows(inputs_q, part, select), split, weight)
         return stats
 
     def _quantize_group(self, prefix, owner, inputs_fp, inputs_q, rows, cross_rows, split_of_clip, on_group, where):

@@ -5,7 +5,9 @@ kept by (audio content, model, run, decoding) and handed to the next visitor who
 touching the model. Audio is keyed by its decoded samples, so the same clip uploaded under another name
 or served from gradio's cache is the same key. Requests that wait for the CPU while another runs are
 answered together: whoever gets the CPU next transcribes every waiting request for its model in one batch
-(up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model calls.
+(up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model calls. A request that needs
+two models (an upload: full precision and the visitor's run) waits in the line once and is answered by both
+in that one turn.
 
 Two bounded rooms, one place per session in each: ``reading`` for decoding a request's audio and looking up
 shared answers (quick), ``entered`` for the requests that need the model. A shared answer never waits for,
@@ -134,17 +136,26 @@ class TranscriptionDesk:
 
     def transcribe(self, loaded: LoadedModel, model_key: str, audio: np.ndarray, digest: str | None = None) -> Transcript:
         """The transcript of ``audio`` by ``loaded`` (named ``model_key``: a model name, or name/run id)."""
-        key = (digest or audio_key(audio), model_key, DECODING)
-        found = self._shared(key)
-        if found is not None:
-            return found
-        mine = _Waiting(key, loaded, audio)
-        with self._answers_lock:
-            self._waiting.append(mine)
-        with self._cpu:
-            if not mine.answer.done():  # not answered by the batch of a thread ahead in the line
-                self._run_batch(mine)
-        return mine.answer.result()
+        return self.transcribe_each([(loaded, model_key)], audio, digest)[0]
+
+    def transcribe_each(self, models: list[tuple[LoadedModel, str]], audio: np.ndarray,
+                        digest: str | None = None) -> list[Transcript]:
+        """The transcripts of one ``audio`` by several models ((loaded, model_key) each), in one turn on the CPU:
+        a request that needs two models (full precision and its quantized run) waits in the line once, not
+        once per model."""
+        digest = digest or audio_key(audio)
+        answers: list[Transcript | None] = [self._shared((digest, key, DECODING)) for _, key in models]
+        mine = [_Waiting((digest, key, DECODING), loaded, audio) for (loaded, key), found in zip(models, answers)
+                if found is None]
+        if mine:
+            with self._answers_lock:
+                self._waiting.extend(mine)
+            with self._cpu:
+                for waiting in mine:
+                    if not waiting.answer.done():  # not answered by the batch of a thread ahead in the line
+                        self._run_batch(waiting)
+        made = iter(mine)
+        return [found or next(made).answer.result() for found in answers]
 
     def _run_batch(self, mine: _Waiting) -> None:
         """Under the CPU lock: answer ``mine`` and the other requests waiting for the same model, in one call."""

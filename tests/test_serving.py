@@ -114,6 +114,28 @@ def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
 
 
 @pytest.mark.slow
+def test_a_request_for_two_models_waits_in_line_once(tiny):
+    from engine.speech.audio import load_audio
+    from engine.speech.samples import sample_clips
+
+    audio = load_audio(next(c.path for c in sample_clips() if c.group == "demo"))
+    models = [(tiny, "tiny.en"), (tiny, "tiny.en/0123456789ab")]
+    desk = TranscriptionDesk()
+    answers: list = []
+    with desk._cpu:  # a transcription is running: the request queues both its models behind it at once
+        thread = threading.Thread(target=lambda: answers.extend(desk.transcribe_each(models, audio)))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(desk._waiting) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(desk._waiting) == 2
+    thread.join(timeout=120)
+    assert desk.model_calls == 2 and [a.text for a in answers] == [answers[0].text] * 2  # same weights here
+    again = desk.transcribe_each(models, audio)
+    assert all(a.shared for a in again) and desk.model_calls == 2
+
+
+@pytest.mark.slow
 def test_answers_made_ahead_are_kept_for_whoever_asks(tiny):
     from engine.errors import UserError
     from engine.speech.audio import load_audio

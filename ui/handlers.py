@@ -415,8 +415,9 @@ class Explorer:
             answers = [desk.shared(key, digest) for _, key in wanted]
             if None in answers:  # only a request the model must answer takes a place in the transcription room
                 with desk.entered(session):
-                    answers = [found or desk.transcribe(load(), key, audio, digest)
-                               for found, (load, key) in zip(answers, wanted)]
+                    missing = [(load(), key) for found, (load, key) in zip(answers, wanted) if found is None]
+                    made = iter(desk.transcribe_each(missing, audio, digest))
+                    answers = [found or next(made) for found in answers]
             fp, quantized = answers[0], answers[1] if run_id else None
         except UserError as exc:
             raise gr.Error(str(exc)) from exc

@@ -246,7 +246,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 QUANT_SETTINGS = ("bits", "group_size", "symmetric", "damping", "block_size", "act_order", "alpha", "alpha_max",
                   "rule", "qep_damping", "base", "double_quant", "mu", "steps", "lr", "distill_steps", "activations",
                   "activation_bits", "clip_search", "integer_zero",
-                  "quantize_output")
+                  "quantize_output", "check_rounded")
 
 
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
@@ -289,6 +289,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--alpha-max", type=float, help="fade: upper bound of a layer's alpha (default 1)")
     g.add_argument("--rule", choices=("heldout", "shrink"),
                    help="fade: a layer's alpha is its held-out optimum (default) or shrunk toward --alpha")
+    g.add_argument("--check-rounded", action="store_true", default=None,
+                   help="fade: plain rounding for a layer whose rounded correction does not lower held-out error")
     g.add_argument("--damping", type=float, help="GPTQ and GQ damping (fraction of mean diag H)")
     g.add_argument("--qep-damping", type=float)
     g.add_argument("--block-size", type=int)

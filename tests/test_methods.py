@@ -107,6 +107,29 @@ def test_qep_lowers_output_error_when_inputs_drift():
     assert err_qep == pytest.approx(direct, rel=1e-4)
 
 
+def test_fade_rounded_check_keeps_a_correction_that_helps_after_rounding_and_drops_one_that_does_not():
+    from engine.quant.methods.fade import rounded_gain
+
+    config = FADEConfig(bits=3, group_size=-1, check_rounded=True)
+    # Strong, consistent drift: fitted on one half and rounded, the correction still lowers the other's error.
+    w, _, _, stats, spec = layer_setup(drift=0.5, n=4096)
+    a, b = stats.split_moments(0), stats.split_moments(1)
+    assert rounded_gain(w, a, b, 1.0, spec, config) > 0.2
+    kept = get_method("fade").quantize_layer(w, stats, spec, config)
+    assert kept.alpha > 0.7 and kept.notes["rounded_gain"] > 0
+    # Halves that drift in opposite directions: a correction fitted on one makes the other worse, rounded too.
+    d = w.shape[1]
+    x = correlated_inputs(2048, d, 5)
+    shift = 0.3 * torch.randn(d, d, generator=torch.Generator().manual_seed(7)) / d**0.5
+    opposite = LayerStats(d, 2)
+    opposite.add_batch(x[:1024], x[:1024] @ (torch.eye(d) + shift).T, 0)
+    opposite.add_batch(x[1024:], x[1024:] @ (torch.eye(d) - shift).T, 1)
+    assert rounded_gain(w, opposite.split_moments(0), opposite.split_moments(1), 1.0, spec, config) < 0
+    forced = get_method("fade").quantize_layer(w, opposite, spec, FADEConfig(bits=3, group_size=-1, alpha=0.75,
+                                                                            check_rounded=True, rule="shrink"))
+    assert forced.alpha == 0.0 and forced.notes["alpha_before_rounded_check"] > 0
+
+
 def test_fade_alpha_follows_the_evidence():
     # Strong, consistent drift: the correction generalizes, FADE keeps most of it.
     w, _, _, stats, _ = layer_setup(drift=0.5, n=4096)
@@ -177,3 +200,13 @@ def test_sample_calibration_splits_fade_halves_by_voice(tiny):
     assert data.speakers == tuple(u.voice for u in clips)
     assert {u.voice for u, h in zip(clips, split) if h == 0} != {u.voice for u, h in zip(clips, split) if h == 1}
     assert all(len({h for u, h in zip(clips, split) if u.voice == v}) == 1 for v in ("joe", "heart"))
+
+
+@pytest.mark.parametrize("features", [100, 256, 257, 1536])
+def test_gram_from_half_the_strips_is_the_full_product(features):
+    from engine.quant.moments import gram
+
+    x = torch.randn(700, features, generator=torch.Generator().manual_seed(features))
+    g = gram(x)
+    assert torch.equal(g, g.T)  # mirrored, so exactly symmetric
+    torch.testing.assert_close(g, x.T @ x, rtol=1e-5, atol=1e-3)

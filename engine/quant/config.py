@@ -116,6 +116,9 @@ class FADEConfig(QEPConfig):
     # was worse at 4 bits with both calibration sources (docs/methods.md), so the default leaves it open.
     alpha_max: float = 1.0
     rule: str = "heldout"  # how a layer's alpha follows from its held-out optimum (engine/quant/methods/fade.py)
+    # Keep a layer's plain rounding where its correction, fitted and rounded on one half of the calibration
+    # moments, does not lower the other half's output error (fade.py: rounded_gain). Costs two more roundings.
+    check_rounded: bool = False
 
     method = "fade"
 

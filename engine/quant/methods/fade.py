@@ -18,6 +18,11 @@ voice". r is close to alpha_ho^2 (the in-sample optimum is about 1), so "shrink"
 whose correction does not transfer (small alpha_ho) up to the prior: measured, that made FADE loop with TTS
 calibration (docs/methods.md), hence the "heldout" default.
 No search and no retraining: everything comes from the moments the pass collects anyway.
+With check_rounded the quadratic's verdict is checked after rounding (rounded_gain): the correction and the
+rounding are fitted on one half and the output error scored on the other, against plain rounding fitted on the
+same half; a layer whose corrected codes do no better there keeps plain rounding (alpha 0). At 5 bits, where
+rounding error is small and a correction fitted on 32 clips can cost more than it fixes, this is the question
+that matters (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ import torch
 
 from engine.quant.config import FADEConfig
 from engine.quant.layer_table import LayerSpec
-from engine.quant.methods.qep import drift_product, qep_direction
-from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format
-from engine.quant.moments import LayerStats, Moments
+from engine.quant.methods.qep import drift_product, qep_correct, qep_direction
+from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format, round_weight
+from engine.quant.moments import LayerStats, Moments, output_error
 from engine.quant.registry import LayerOutcome, register
 
 
@@ -76,12 +81,31 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
     return alpha, notes
 
 
+def rounded_gain(w: torch.Tensor, a: Moments, b: Moments, alpha: float, spec: LayerSpec, config: FADEConfig) -> float:
+    """The share of plain rounding's held-out output error that the rounded correction removes (> 0: it helps).
+
+    Both ways round: the correction (with this alpha) and the rounding's Hessian come from one half, the
+    squared relative output errors of corrected and plain codes are measured on the other. w: (out, in)."""
+    plain = corrected = 0.0
+    for fit, check in ((a, b), (b, a)):
+        target = qep_correct(w, fit, alpha, config.qep_damping)
+        rounded, rounded_plain = round_weight(torch.cat([target, w]), fit, spec, config, config.base).split_rows(
+            [w.shape[0], w.shape[0]])
+        corrected += output_error(w, rounded.dequantize(), check) ** 2
+        plain += output_error(w, rounded_plain.dequantize(), check) ** 2
+    return (plain - corrected) / plain if plain > 0 else 0.0
+
+
 @register(FADEConfig, needs_calibration=True, summary="QEP with a per-layer alpha from held-out layer diagnostics",
           check_row=layer_format)
 def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: FADEConfig) -> LayerOutcome:
     m = stats.moments()
     if spec.alpha is not None:  # a user-set alpha in the table wins
         return corrected_outcome(w, m, spec, config, spec.alpha)
-    alpha, notes = fade_alpha(w, stats.split_moments(0), stats.split_moments(1), config.alpha, config.qep_damping,
-                              config.alpha_max, config.rule)
+    a, b = stats.split_moments(0), stats.split_moments(1)
+    alpha, notes = fade_alpha(w, a, b, config.alpha, config.qep_damping, config.alpha_max, config.rule)
+    if config.check_rounded and alpha > 0 and a.n and b.n:
+        notes["rounded_gain"] = rounded_gain(w, a, b, alpha, spec, config)
+        if notes["rounded_gain"] <= 0:
+            notes["alpha_before_rounded_check"], alpha = alpha, 0.0
     return corrected_outcome(w, m, spec, config, alpha, notes)

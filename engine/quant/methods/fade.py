@@ -31,8 +31,8 @@ import torch
 
 from engine.quant.config import FADEConfig
 from engine.quant.layer_table import LayerSpec
-from engine.quant.methods.qep import drift_product, qep_correct, qep_direction
-from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format, round_weight
+from engine.quant.methods.qep import drift_product, qep_direction
+from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format
 from engine.quant.moments import LayerStats, Moments, output_error
 from engine.quant.registry import LayerOutcome, register
 
@@ -85,14 +85,13 @@ def rounded_gain(w: torch.Tensor, a: Moments, b: Moments, alpha: float, spec: La
     """The share of plain rounding's held-out output error that the rounded correction removes (> 0: it helps).
 
     Both ways round: the correction (with this alpha) and the rounding's Hessian come from one half, the
-    squared relative output errors of corrected and plain codes are measured on the other. w: (out, in)."""
+    squared relative output errors of corrected and plain codes are measured on the other. alpha > 0 (at 0 the
+    two codes are the same). w: (out, in)."""
     plain = corrected = 0.0
     for fit, check in ((a, b), (b, a)):
-        target = qep_correct(w, fit, alpha, config.qep_damping)
-        rounded, rounded_plain = round_weight(torch.cat([target, w]), fit, spec, config, config.base).split_rows(
-            [w.shape[0], w.shape[0]])
-        corrected += output_error(w, rounded.dequantize(), check) ** 2
-        plain += output_error(w, rounded_plain.dequantize(), check) ** 2
+        fitted = corrected_outcome(w, fit, spec, config, alpha)  # corrected and plain codes, one stacked rounding
+        corrected += output_error(w, fitted.quantized.dequantize(), check) ** 2
+        plain += output_error(w, fitted.uncorrected.dequantize(), check) ** 2
     return (plain - corrected) / plain if plain > 0 else 0.0
 
 

@@ -210,3 +210,31 @@ def test_gram_from_half_the_strips_is_the_full_product(features):
     g = gram(x)
     assert torch.equal(g, g.T)  # mirrored, so exactly symmetric
     torch.testing.assert_close(g, x.T @ x, rtol=1e-5, atol=1e-3)
+
+
+def test_moments_are_averaged_once_in_place_and_then_closed():
+    x, x_hat = torch.randn(30, 6, dtype=torch.float64), torch.randn(30, 6, dtype=torch.float64)
+    stats = LayerStats(6, splits=2)
+    stats.add_batch(x[:10], x_hat[:10], split=0)
+    stats.add_batch(x[10:], x_hat[10:], split=1)
+    first, again = stats.split_moments(1), stats.split_moments(1)  # read twice: divided by the count once
+    expected = (x_hat[10:].float().T @ x_hat[10:].float()).double() / 20
+    torch.testing.assert_close(first.hq, expected)
+    torch.testing.assert_close(again.hq, expected)
+    merged = stats.moments()
+    torch.testing.assert_close(merged.hx, (x.float().T @ x.float()).double() / 30)
+    with pytest.raises(RuntimeError, match="already averaged"):
+        stats.add_batch(x[:5], x_hat[:5], split=0)
+
+
+def test_recomputed_activations_give_the_rows_a_stored_tensor_gives():
+    from engine.quant.calibration import Recomputed, _rows
+
+    fc = torch.nn.Linear(4, 16)
+    source = torch.randn(5, 7, 4)
+    lazy, stored = Recomputed(lambda t: torch.relu(fc(t)), source, 16), torch.relu(fc(source))
+    assert lazy.shape == stored.shape
+    clips = torch.tensor([3, 0])
+    every, some = torch.ones(2, 7, dtype=torch.bool), torch.rand(2, 7, generator=torch.Generator().manual_seed(0)) > 0.5
+    for select in (every, some):
+        torch.testing.assert_close(_rows(lazy, clips, select), _rows(stored, clips, select))

@@ -120,13 +120,36 @@ class BlockRecord:
     residual_error: float
 
 
-def _rows(inputs: torch.Tensor, clips: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Recomputed:
+    """Activations (clips, tokens, features) = fn(source), computed a few clips at a time whenever read and
+    never held whole. The encoder's fc1 output is the pass's widest tensor (4x the stream: 147 MB per stream
+    at 16 clips), wanted at once by both streams for fc2's moments; its input is a quarter of that, and
+    computing fc1 twice costs about a tenth of an encoder block."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    source: torch.Tensor  # (clips, tokens, source features)
+    features: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.source.shape[:-1], self.features)
+
+    def of_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.source.index_select(0, clips))
+
+
+Activations = torch.Tensor | Recomputed
+
+
+def _rows(inputs: Activations, clips: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
     """The selected token rows of some clips, (rows, features), in one copy. inputs: (clips, tokens, features);
     select: (len(clips), tokens) bool. Encoder rows are usually all selected: then no boolean mask is applied
     (a second copy of the widest activations, and fresh pages, for nothing)."""
+    chosen = inputs.of_clips(clips) if isinstance(inputs, Recomputed) else inputs.index_select(0, clips)
     if bool(select.all()):
-        return inputs.index_select(0, clips).flatten(0, 1)
-    return inputs.index_select(0, clips)[select]
+        return chosen.flatten(0, 1)
+    return chosen[select]
 
 
 class _StopForward(Exception):
@@ -161,7 +184,7 @@ def _attention_core(attention: nn.Module, hidden: torch.Tensor, batch_size: int,
 def _in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """fn over batches of clips: bounds the temporaries of wide layers (fc1's output is 4x the stream).
     Each batch is written into one preallocated output: a list of pieces and their concatenation would hold
-    the (clips, tokens, 4 d) result twice at the pass's peak."""
+    the result twice."""
     first = fn(x[:batch_size])
     out = first.new_empty((x.shape[0], *first.shape[1:]))
     out[:batch_size] = first
@@ -183,16 +206,20 @@ def _self_attention_stages(block: nn.Module, x: torch.Tensor, batch_size: int, m
 
 
 def _feed_forward_stages(block: nn.Module, x: torch.Tensor, batch_size: int, batched: bool):
-    """batched: the encoder's wide activations go through fc1/fc2 a few clips at a time."""
-    def apply(fn, t: torch.Tensor) -> torch.Tensor:
-        return _in_batches(fn, t, batch_size) if batched else fn(t)
+    """batched: the encoder's wide activations go through fc1/fc2 a few clips at a time, and its fc2 input is
+    recomputed from fc1's input whenever read (Recomputed) instead of being kept."""
+    def widen(t: torch.Tensor) -> torch.Tensor:  # fc1's output: fc2's input
+        return block.activation_fn(block.fc1(t))
 
     h = block.final_layer_norm(x)
     yield {"fc1": h}
-    f = apply(lambda t: block.activation_fn(block.fc1(t)), h)
+    if batched:  # fc1 reads its quantized weights by now in the quantized stream, as a stored output would
+        yield {"fc2": Recomputed(widen, h, block.fc1.out_features)}
+        return x + _in_batches(lambda t: block.fc2(widen(t)), h, batch_size)
+    f = widen(h)
     del h
     yield {"fc2": f}
-    return x + apply(block.fc2, f)
+    return x + block.fc2(f)
 
 
 def encoder_block_stages(block: nn.Module, x: torch.Tensor, batch_size: int, **_):
@@ -294,7 +321,7 @@ class TwoStreamPass:
             self._quantize_group("", model, {OUTPUT_LAYER: h_fp}, {OUTPUT_LAYER: h_q}, token_rows, token_rows,
                                  self.data.split_of_clip(), on_group, ("decoder", len(decoder.layers)))
 
-    def _accumulate(self, inputs_fp: torch.Tensor, inputs_q: torch.Tensor, rows: TokenRows,
+    def _accumulate(self, inputs_fp: Activations, inputs_q: Activations, rows: TokenRows,
                     split_of_clip: torch.Tensor) -> LayerStats:
         """Moments of one input (clips, tokens, features): the chosen rows of each half, a chunk at a time."""
         stats = LayerStats(inputs_fp.shape[-1], N_SPLITS)

@@ -12,6 +12,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 class TensorPool:
     """Parameters equal in several loaded runs held once. Every run of one model stores what it left
     unquantized in float16 alike (the token embedding, also the output layer: half of tiny.en), so a server
-    keeping a room's runs in memory need not hold that half once per run."""
+    keeping a room's runs in memory need not hold that half once per run. The offline models' weights are
+    float16 values (CTranslate2's), so those parameters equal the full-precision model's too."""
 
     def __init__(self) -> None:
         self._kept: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (name, shape, dtype) -> parameter
@@ -76,8 +78,12 @@ class ResultStore:
     """At most ``kept_loaded`` quantized models in memory (one load in flight per run) and ``kept_saved``
     artifact folders under ``root``."""
 
-    def __init__(self, root: Path, kept_loaded: int = 4, kept_saved: int = 64):
+    def __init__(self, root: Path, kept_loaded: int = 4, kept_saved: int = 64,
+                 base_model: Callable[[str], LoadedModel | None] | None = None):
         self.root = Path(root)
+        # model name -> the full-precision model if the server holds it (never loads): a run shares its
+        # unquantized parameters with it, so even the first run in memory adds only what it quantized
+        self._base_model = base_model
         self.kept_loaded = kept_loaded
         self.kept_saved = kept_saved
         # run id -> (model, summary); a room transcribing with one run at once shares one load of it
@@ -91,6 +97,9 @@ class ResultStore:
 
     def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
         loaded, meta = load_quantized(self.root / run_id)
+        base = self._base_model(meta["model"]["name"]) if self._base_model else None
+        if base is not None:
+            self._tensors.share(base.model)
         saved = self._tensors.share(loaded.model)
         log.info("run %s loaded; %.0f MB of its parameters shared with runs in memory", run_id, saved / 2**20)
         return loaded, meta.get("app_summary", {})

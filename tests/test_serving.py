@@ -229,6 +229,24 @@ def test_equal_parameters_of_loaded_runs_are_held_once():
     assert pool.share(third) == 50 * 8 * 4  # the second run still holds the embedding
 
 
+def test_a_loaded_run_shares_what_it_left_unquantized_with_the_full_precision_model(tiny, tmp_path):
+    import torch
+
+    from engine.quant.artifacts import save_quantized
+    from engine.quant.quantize import quantize
+    from engine.quant.registry import make_config
+    from serving.results import ResultStore
+
+    run_id = "0123456789ab"
+    save_quantized(quantize(tiny, make_config("rtn", bits=4, group_size=64), None), tmp_path / run_id)
+    store = ResultStore(tmp_path, kept_loaded=2, base_model={"tiny.en": tiny}.get)
+    run = store.model(run_id).model
+    fp_embedding = tiny.model.model.decoder.embed_tokens.weight
+    assert run.model.decoder.embed_tokens.weight.data_ptr() == fp_embedding.data_ptr()
+    assert run.model.encoder.layers[0].fc1.weight.data_ptr() != tiny.model.model.encoder.layers[0].fc1.weight.data_ptr()
+    assert not torch.equal(run.model.encoder.layers[0].fc1.weight, tiny.model.model.encoder.layers[0].fc1.weight)
+
+
 def test_a_finished_run_is_remembered_without_loading_its_model(tmp_path):
     from engine.errors import UserError
     from engine.quant.artifacts import ArtifactError

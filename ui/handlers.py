@@ -75,7 +75,7 @@ class Explorer:
         self.jobs = self.jobs or JobQueue(self.policy.max_waiting_jobs, Worker(threads=self.policy.worker_threads,
                                                                              nice=self.policy.worker_nice))
         self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
-                                                   self.policy.kept_artifacts)
+                                                   self.policy.kept_artifacts, base_model=self.models.peek)
         self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS)
         self.jobs.on_idle_result = self._answer_demos_ahead
 

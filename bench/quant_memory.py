@@ -7,6 +7,8 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
     python -m bench.quant_memory [--methods fade gptq qep rtn] [--bits 4 3]
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 8 --seeds 0 1 2 --wer --out pass_speed \
         --baseline ../base   # a checkout of an earlier commit (same child interface), timed in turn with these rows
+    python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --seeds 0 1 --threads 1 --out pass_memory_1thread \
+        --baseline ../base   # one thread per process, as the page's job worker runs
     python -m bench.quant_memory --models base small --methods fp32 fade --bits 4 --pad-strides 1 --wer \
         --out bigger_models  # the optional extras (pip install '.[base,small]'); fp32: load and score only
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -53,8 +56,10 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
 
 
 def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
+    threads = sorted({r["threads"] for r in rows if "threads" in r})
     lines = ["# Quantization time and peak memory, 32 real calibration clips, group size 64", "",
-             "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass).",
+             "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass)"
+             + (f", {' or '.join(map(str, threads))} torch thread(s)." if threads else "."),
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).", ""]
     head = "| model | method | bits | pad stride | seed | quantize s | process peak RSS MB |"
     lines += [head + (" WER % (50 test-other clips) |" if with_wer else ""),
@@ -92,6 +97,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--baseline", help="checkout of an earlier commit whose pass is timed between these rows")
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "BITS", "PAD_STRIDE", "SEED"))
     parser.add_argument("--model", default="tiny.en", help="the child's model")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of every child (OMP_NUM_THREADS; 1: as the page's job worker); 0: all cores")
     args = parser.parse_args(argv)
     if args.child:
         method, bits, stride, seed = args.child
@@ -100,9 +107,11 @@ def main(argv=None) -> dict:
     rows = []
 
     def run(command: list[str], cwd: str | None = None, **labels) -> None:
+        env = os.environ | ({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
         out = subprocess.run([sys.executable, "-m", "bench.quant_memory", "--child"] + command, cwd=cwd,
-                             capture_output=True, text=True, check=True)
-        rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), **labels})
+                             capture_output=True, text=True, check=True, env=env)
+        rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), **labels,
+                     "threads": args.threads or os.cpu_count()})
         write_results(args.out, {"rows": rows, "skipped": skipped, "baseline": baseline},
                       markdown(rows, args.wer, skipped))  # partial runs kept
 

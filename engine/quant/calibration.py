@@ -124,8 +124,8 @@ class BlockRecord:
 class Recomputed:
     """Activations (clips, tokens, features) = fn(source), computed a few clips at a time whenever read and
     never held whole. The encoder's fc1 output is the pass's widest tensor (4x the stream: 147 MB per stream
-    at 16 clips), wanted at once by both streams for fc2's moments; its input is a quarter of that, and
-    computing fc1 twice costs about a tenth of an encoder block."""
+    at 16 clips), wanted at once by both streams for fc2's moments; its input is a quarter of that. Running fc1
+    twice was not measurably slower (bench/results/pass_memory_1thread.md)."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     source: torch.Tensor  # (clips, tokens, source features)

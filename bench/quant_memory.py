@@ -9,6 +9,8 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
         --baseline ../base   # a checkout of an earlier commit (same child interface), timed in turn with these rows
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --seeds 0 1 --threads 1 --out pass_memory_1thread \
         --baseline ../base   # one thread per process, as the page's job worker runs
+    python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --precisions float32 bfloat16 --seeds 0 1 2 \
+        --wer --out pass_precision --baseline ../base   # the pass's dtypes, beside the earlier commit's float32 pass
     python -m bench.quant_memory --models base small --methods fp32 fade --bits 4 --pad-strides 1 --wer \
         --out bigger_models  # the optional extras (pip install '.[base,small]'); fp32: load and score only
 """
@@ -28,7 +30,8 @@ from bench.common import write_results
 TEST_SET = "librispeech-test-other"
 
 
-def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en") -> dict:
+def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en",
+          precision: str | None = None) -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
     from engine.quant.quantize import quantize
@@ -48,10 +51,19 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
         return row
     config = make_config(method, bits=bits, group_size=64)
     calibration = calibration_for(loaded, config, [speech(n) for n in REAL_CALIBRATION], N_CALIB, seed, test_set)
-    result = quantize(loaded, config, calibration, pad_stride=pad_stride)
+    if precision is None:  # what the checkout does by default (an earlier commit has no precision to choose)
+        result = quantize(loaded, config, calibration, pad_stride=pad_stride)
+    else:
+        from engine.quant.calibration import pass_precision
+
+        result = quantize(loaded, config, calibration, pad_stride=pad_stride, precision=pass_precision(precision))
+    row["precision"] = result.calibration.get("pass_precision", "float32")
     row.update(quant_seconds=result.seconds, process_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
     if wer:  # after the peak is read: the score is not part of the quantization's memory
+        from bench.common import test_other_clips, token_kl
+
         row["wer"] = evaluate(result.loaded, test_set).wer
+        row["token_kl"] = token_kl(loaded, result.loaded, test_other_clips())
     return row
 
 
@@ -60,25 +72,35 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
     lines = ["# Quantization time and peak memory, 32 real calibration clips, group size 64", "",
              "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass)"
              + (f", {' or '.join(map(str, threads))} torch thread(s)." if threads else "."),
-             "pad stride: one encoder padding frame in this many enters the moments (1: all of them).", ""]
-    head = "| model | method | bits | pad stride | seed | quantize s | process peak RSS MB |"
-    lines += [head + (" WER % (50 test-other clips) |" if with_wer else ""),
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if with_wer else "")]
+             "pad stride: one encoder padding frame in this many enters the moments (1: all of them).",
+             "precision: the pass's products (float32; bfloat16: forwards and the drift's moment products in bfloat16,"
+             " H^ in float32; engine/quant/calibration.PassPrecision).",
+             "token KL: mean KL(fp32 || quantized) per token, both teacher-forced on the 50 clips' reference"
+             " transcripts (bench/common.token_kl): a smooth fidelity measure beside the WER's jumps.", ""]
+    head = "| model | method | bits | pad stride | precision | seed | quantize s | process peak RSS MB |"
+    lines += [head + (" WER % (50 test-other clips) | token KL to fp32, 10^-3 nats |" if with_wer else ""),
+              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if with_wer else "")]
     for r in rows:
-        line = (f"| {r.get('model', 'tiny.en')} | {r['method']} | {r['bits']} | {r['pad_stride']} | {r['seed']} "
+        line = (f"| {r.get('model', 'tiny.en')} | {r['method']} | {r['bits']} | {r['pad_stride']} "
+                f"| {r.get('precision', 'float32')} | {r['seed']} "
                 f"| {r['quant_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
-        lines.append(line + (f" {100 * r['wer']:.2f} |" if with_wer and "wer" in r else " |" if with_wer else ""))
+        kl = f" {1000 * r['token_kl']:.2f} |" if "token_kl" in r else " - |"
+        lines.append(line + (f" {100 * r['wer']:.2f} |{kl}" if with_wer and "wer" in r else " | |" if with_wer else ""))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r.get("model", "tiny.en"), r["method"], r["bits"], r["pad_stride"]), []).append(r)
+        groups.setdefault((r.get("model", "tiny.en"), r["method"], r["bits"], r["pad_stride"],
+                           r.get("precision", "float32")), []).append(r)
     if any(len(g) > 1 for g in groups.values()):
         lines += ["", "Over the seeds (mean ± sample std):", ""]
-        for (model, method, bits, stride), group in groups.items():
+        for (model, method, bits, stride, precision), group in groups.items():
             times = [r["quant_seconds"] for r in group]
-            text = f"- {model} {method} {bits}-bit, pad stride {stride}: {statistics.mean(times):.1f} s"
+            text = f"- {model} {method} {bits}-bit, pad stride {stride}, {precision}: {statistics.mean(times):.1f} s"
             if with_wer and len(group) > 1 and all("wer" in r for r in group):
                 wers = [100 * r["wer"] for r in group]
                 text += f", WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f} %"
+                if all("token_kl" in r for r in group):
+                    kls = [1000 * r["token_kl"] for r in group]
+                    text += f", token KL {statistics.mean(kls):.2f} ± {statistics.stdev(kls):.2f} x 10^-3 nats"
             lines.append(text + f" ({len(group)} runs)")
     lines += ["", *(f"Not measured: {s['model']}: {s['why']}." for s in skipped)] if skipped else []
     return "\n".join(lines)
@@ -92,6 +114,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     parser.add_argument("--pad-strides", type=int, nargs="+", default=[8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=("auto", "float32", "bfloat16", "bfloat16-forward"),
+                        help="the calibration pass's dtypes (engine/quant/calibration.pass_precision)")
+    parser.add_argument("--precision", help="the child's pass precision (default: the checkout's own)")
     parser.add_argument("--wer", action="store_true", help="score each quantized model on the test-other clips")
     parser.add_argument("--out", default="quant_memory", help="results name under bench/results")
     parser.add_argument("--baseline", help="checkout of an earlier commit whose pass is timed between these rows")
@@ -102,7 +127,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.child:
         method, bits, stride, seed = args.child
-        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer, args.model)))
+        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer, args.model, args.precision)))
         return {}
     rows = []
 
@@ -134,8 +159,9 @@ def main(argv=None) -> dict:
                         run([method, str(bits), "1", str(seed), "--model", model] + (["--wer"] if args.wer else []),
                             cwd=args.baseline, pad_stride=f"1 ({baseline})")
                     for stride in args.pad_strides:
-                        run([method, str(bits), str(stride), str(seed), "--model", model]
-                            + (["--wer"] if args.wer else []))
+                        for precision in args.precisions:
+                            run([method, str(bits), str(stride), str(seed), "--model", model, "--precision", precision]
+                                + (["--wer"] if args.wer else []))
     return {"rows": rows}
 
 

@@ -69,7 +69,8 @@ def _model_for(args: argparse.Namespace):
     from engine.quant.quantize import quantize
 
     config = _quant_config(args)
-    return quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config)).loaded
+    return quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config),
+                    precision=_pass_precision(args)).loaded
 
 
 def _model_to_run(args: argparse.Namespace):
@@ -85,8 +86,15 @@ def _model_to_run(args: argparse.Namespace):
     from engine.quant.quantize import quantize
 
     config = _quant_config(args)
-    result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config))
+    result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config),
+                      precision=_pass_precision(args))
     return ModelToRun.from_result(result, args.model)
+
+
+def _pass_precision(args: argparse.Namespace):
+    from engine.quant.calibration import pass_precision
+
+    return pass_precision(args.pass_precision)
 
 
 def _runtime(args: argparse.Namespace, model):
@@ -127,7 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         config = _quant_config(args)
         runs = quantize_and_evaluate(loaded, config, utterances, args.calib,
                                      seeds=range(args.seed, args.seed + args.seeds), n_calib=args.n_calib,
-                                     layers=_layer_table(args, loaded, config), fallback=args.fallback)
+                                     layers=_layer_table(args, loaded, config), fallback=args.fallback,
+                                     precision=_pass_precision(args))
         fp32 = evaluate(loaded, utterances, batch_size=args.batch_size, fallback=args.fallback)
         result = {**summary(args.model, config, runs, args.per_utterance), **where,
                   **interval_summary([r.report for r in runs], fp32)}
@@ -202,7 +211,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     config = _quant_config(args)
     result = quantize(loaded, config, _calibration(args, loaded, config), _layer_table(args, loaded, config),
-                      progress=(lambda f, msg: log.info("%3.0f%% %s", 100 * f, msg)))
+                      progress=(lambda f, msg: log.info("%3.0f%% %s", 100 * f, msg)), precision=_pass_precision(args))
     if args.calib and result.calibration:
         result.calibration.update({"folder": str(args.calib), "seed": args.seed})
     path = save_quantized(result, args.out)
@@ -309,6 +318,8 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--calib", default=str(SAMPLE_DIR), help="calibration folder (default: sample_audio)")
     g.add_argument("--n-calib", type=int, default=32, help="calibration clips drawn by seed")
     g.add_argument("--seed", type=int, default=0, help="calibration draw")
+    g.add_argument("--pass-precision", choices=("auto", "float32", "bfloat16-forward", "bfloat16"), default="auto",
+                   help="dtypes of the calibration pass (auto: bfloat16-forward where the CPU has bfloat16 units, else float32)")
 
 
 def _cmd_personalize(args: argparse.Namespace) -> int:

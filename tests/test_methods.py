@@ -222,7 +222,7 @@ def test_moments_are_averaged_once_in_place_and_then_closed():
     torch.testing.assert_close(first.hq, expected)
     torch.testing.assert_close(again.hq, expected)
     merged = stats.moments()
-    torch.testing.assert_close(merged.hx, (x.float().T @ x.float()).double() / 30)
+    torch.testing.assert_close(merged.hx, (x.float().T @ x.float()).double() / 30, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="already averaged"):
         stats.add_batch(x[:5], x_hat[:5], split=0)
 
@@ -238,3 +238,36 @@ def test_recomputed_activations_give_the_rows_a_stored_tensor_gives():
     every, some = torch.ones(2, 7, dtype=torch.bool), torch.rand(2, 7, generator=torch.Generator().manual_seed(0)) > 0.5
     for select in (every, some):
         torch.testing.assert_close(_rows(lazy, clips, select), _rows(stored, clips, select))
+
+
+@pytest.mark.parametrize("drift_dtype", [torch.float32, torch.bfloat16])
+def test_moments_from_the_drift_equal_the_direct_products(drift_dtype):
+    """C and Hx are built from H^ and the drift e = x - x^: the same moments as x^T x^ etc., and with bfloat16
+    drift products the error is relative to the drift, not to the moments (H^ stays a float32 product)."""
+    x_hat = correlated_inputs(600, 48, 3)
+    x = x_hat + 0.05 * correlated_inputs(600, 48, 4)  # a small drift, as in a quantized stream
+    stats = LayerStats(48, splits=1, drift_dtype=drift_dtype)
+    for rows in (slice(0, 250), slice(250, 600)):
+        stats.add_batch(x[rows], x_hat[rows])
+    m = stats.moments()
+    x64, x_hat64 = x.double(), x_hat.double()
+    exact = {"hq": x_hat64.T @ x_hat64 / 600, "cross": x64.T @ x_hat64 / 600, "hx": x64.T @ x64 / 600}
+    torch.testing.assert_close(m.hq, exact["hq"], rtol=1e-5, atol=1e-6)
+    drift_exact = exact["cross"] - exact["hq"]
+    # float32: direct products, the drift a difference of two moments; bfloat16: 8 bits of the drift products
+    tolerance = 2e-4 if drift_dtype == torch.float32 else 2e-2
+    assert float((m.cross - m.hq - drift_exact).norm() / drift_exact.norm()) < tolerance
+    assert float((m.hx - exact["hx"]).norm() / (exact["hx"] - exact["hq"]).norm()) < max(1e-4, 2 * tolerance)
+
+
+def test_pass_precision_names_and_refusals():
+    from engine.quant.calibration import PRECISIONS, PassPrecision, native_bfloat16, pass_precision
+
+    assert pass_precision("float32") == PassPrecision() and pass_precision("float32").name == "float32"
+    assert pass_precision("bfloat16").name == "bfloat16"
+    assert pass_precision("auto") == PRECISIONS["bfloat16-forward" if native_bfloat16() else "float32"]
+    assert PassPrecision(torch.bfloat16, torch.float32).name == "bfloat16-forward"
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        PassPrecision(torch.float16)
+    with pytest.raises(ValueError, match="auto or one of float32, bfloat16-forward, bfloat16"):
+        pass_precision("fp8")

@@ -58,38 +58,61 @@ class LayerStats:
     The parts let a method fit on one part and check on another (FADE's reliability score).
     """
 
-    def __init__(self, in_features: int, splits: int = 2):
+    def __init__(self, in_features: int, splits: int = 2, drift_dtype: torch.dtype = torch.float32):
+        self.drift_dtype = drift_dtype  # of the products that read the drift x - x^ (see add_batch)
+        # float32: the direct products x^T x^, x^T x, x^T x (as fast, and the codes the pass always gave);
+        # bfloat16: H^ and the drift's products, see add_batch.
+        self._direct = drift_dtype == torch.float32
         shape = (splits, in_features, in_features)
+        # Totals of x^ x^T, x x^T and x x^T (direct), or of x^ x^T, e x^T and e e^T (e = x - x^); when first
+        # read they are averaged and turned, in place, into H^, C and Hx: the split moments are views of them,
+        # not a second set of (splits, in, in) float64 copies (fc2's 1536 inputs: 113 MB at the pass's peak).
         self._hq = torch.zeros(shape, dtype=torch.float64)
         self._cross = torch.zeros(shape, dtype=torch.float64)
         self._hx = torch.zeros(shape, dtype=torch.float64)
         self._n = [0.0] * splits
         self._merged: Moments | None = None  # moments() once accumulation is over (read by every layer sharing it)
-        # Once read, the sums are divided by their counts in place: the split moments are views of them, not a
-        # second set of (splits, in, in) float64 copies (fc2's 1536 inputs: 113 MB at the pass's peak).
         self._averaged = False
 
     def add_batch(self, x_fp: torch.Tensor, x_q: torch.Tensor, split: int = 0, weight: float = 1.0) -> None:
         """x_fp, x_q: (tokens, in_features), the same tokens in both streams; each row stands for ``weight``
-        tokens (a subsample of similar rows, scaled back to what they represent)."""
+        tokens (a subsample of similar rows, scaled back to what they represent).
+
+        With a bfloat16 drift_dtype the moments come from the drift e = x - x^:  C = H^ + E[e x^T],
+        Hx = C + E[x^ e^T] + E[e e^T]. Only H^ is factored by the solves, so only it stays a float32 product; the
+        products with e run in bfloat16 (2-3x faster on CPUs with bfloat16 units): their rounding is relative to
+        the drift, which is small, where bfloat16 moments of x itself lose positive definiteness (tried: Cholesky
+        failed on an fc2 input)."""
         if self._averaged:
             raise RuntimeError("add_batch after the moments were read: the sums are already averaged")
         x_fp, x_q = x_fp.float(), x_q.float()
         if weight != 1.0:
             root = weight ** 0.5
             x_fp, x_q = x_fp * root, x_q * root
-        # float32 products summed into float64 totals: fast, and exact enough for the solves.
-        self._hq[split] += gram(x_q).double()
-        self._cross[split] += (x_fp.T @ x_q).double()
-        self._hx[split] += gram(x_fp).double()
+        # Products of a few clips summed into float64 totals: fast, and exact enough for the solves. Autocast
+        # is off so that each product runs in the dtype chosen here, whatever context the pass runs in.
+        with torch.autocast("cpu", enabled=False):
+            self._hq[split] += gram(x_q).double()
+            if self._direct:
+                self._cross[split] += (x_fp.T @ x_q).double()
+                self._hx[split] += gram(x_fp).double()
+            else:
+                drift = (x_fp - x_q).to(self.drift_dtype)
+                self._cross[split] += (drift.T @ x_q.to(self.drift_dtype)).double()
+                self._hx[split] += gram(drift).double()
         self._n[split] += weight * x_fp.shape[0]
         self._merged = None
 
     def split_moments(self, split: int) -> Moments:
         if not self._averaged:
             for i, n in enumerate(self._n):
-                for total in (self._hq[i], self._cross[i], self._hx[i]):
+                hq, cross, hx = self._hq[i], self._cross[i], self._hx[i]
+                for total in (hq, cross, hx):
                     total.div_(n or 1.0)
+                if not self._direct:
+                    hx += cross + cross.T  # E[e e^T] + E[e x^T] + E[x^ e^T] ...
+                    hx += hq  # ... + H^ = Hx
+                    cross += hq  # E[e x^T] + H^ = C
             self._averaged = True
         return Moments(self._hq[split], self._cross[split], self._hx[split], self._n[split])
 

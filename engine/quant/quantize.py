@@ -17,7 +17,8 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.progress import ProgressFn
-from engine.quant.calibration import PAD_STRIDE, BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
+from engine.quant.calibration import (PAD_STRIDE, BlockRecord, CalibrationData, PassPrecision, TwoStreamPass,
+                                     check_layers_covered, pass_precision)
 from engine.quant.config import QuantConfig
 from engine.quant.diagnostics import LayerRecord, record_for, refined_record
 from engine.quant.layer_table import OUTPUT_LAYER, LayerSpec, build_table, table_layers
@@ -103,9 +104,12 @@ def quantize(
     progress: ProgressFn | None = None,
     batch_size: int = 8,
     pad_stride: int = PAD_STRIDE,
+    precision: PassPrecision | None = None,
 ) -> QuantizationResult:
     """Quantize a copy of ``loaded`` with ``config``; per-layer rows in ``layers`` override bits etc.
-    pad_stride: one encoder padding frame in this many enters the calibration moments (1: all)."""
+    pad_stride: one encoder padding frame in this many enters the calibration moments (1: all).
+    precision: the calibration pass's dtypes (None: pass_precision('auto'), bfloat16 where the CPU has the units)."""
+    precision = precision or pass_precision()
     progress = progress or (lambda fraction, message: None)
     method = get_method(config.method)
     if method.needs_calibration(config) and calibration is None:
@@ -147,7 +151,8 @@ def quantize(
                 quantize_layer(name, layer, stats[name])
 
         runner = TwoStreamPass(qloaded, calibration, batch_size=batch_size, progress=pass_progress,
-                               output_layer=OUTPUT_LAYER in specs, pad_stride=pad_stride)
+                               output_layer=OUTPUT_LAYER in specs, pad_stride=pad_stride,
+                               precision=precision)
         runner.run(on_group)
         block_records = runner.block_records
     else:
@@ -174,7 +179,8 @@ def quantize(
         block_records=block_records,
         size=size_report(model, {name: t.nbytes() for name, t in tensors.items()}, dropped),
         seconds=time.perf_counter() - start,
-        calibration={"n_clips": calibration.n_clips} if calibration is not None else {},
+        calibration=({"n_clips": calibration.n_clips} | ({"pass_precision": precision.name} if method.needs_moments else {})
+                     if calibration is not None else {}),
         activations=activations,
     )
     log.info("%s quantized in %.1f s: %.2f MB", config.method, result.seconds, result.size.size_bytes / 1e6)

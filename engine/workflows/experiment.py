@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.errors import DatasetError
 from engine.progress import ProgressFn
-from engine.quant.calibration import CalibrationData, prepare_calibration
+from engine.quant.calibration import CalibrationData, PassPrecision, prepare_calibration
 from engine.quant.config import QuantConfig
 from engine.quant.layer_table import LayerSpec
 from engine.quant.quantize import QuantizationResult, quantize
@@ -70,10 +70,12 @@ def quantize_and_evaluate(
     layers: list[LayerSpec] | None = None,
     progress: ProgressFn | None = None,
     fallback: bool = False,
+    precision: PassPrecision | None = None,
 ) -> list[SeedRun]:
     """One quantization + evaluation per calibration seed (one run only when the method needs no data).
 
-    fallback: score with Whisper's temperature fallback decoding instead of greedy (engine/speech/transcribe.py)."""
+    fallback: score with Whisper's temperature fallback decoding instead of greedy (engine/speech/transcribe.py).
+    precision: the calibration pass's dtypes (None: auto, see engine/quant/calibration.pass_precision)."""
     needs = get_method(config.method).needs_calibration(config)
     if needs and calib_folder is None:
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
@@ -81,7 +83,7 @@ def quantize_and_evaluate(
     for seed in seeds if needs else [None]:
         calibration = calibration_for(loaded, config, calib_folder, n_calib, seed, data) if needs else None
         start = time.perf_counter()
-        result = quantize(loaded, config, calibration, layers=layers, progress=progress)
+        result = quantize(loaded, config, calibration, layers=layers, progress=progress, precision=precision)
         if calibration is not None:
             result.calibration.update({"folder": str(calib_folder), "seed": seed})
         report = evaluate(result.loaded, data, fallback=fallback)

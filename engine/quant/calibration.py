@@ -65,7 +65,10 @@ class PassPrecision:
                     f"forward {_dtype_name(self.forward)}, drift {_dtype_name(self.drift)}")
 
     def forward_context(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.forward == torch.bfloat16)
+        # No cast cache: the pass rewrites weights in place as it quantizes them, and a cached bfloat16 copy of
+        # a weight cast before its rounding would be stale (the cache also holds a copy of every weight).
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.forward == torch.bfloat16,
+                              cache_enabled=False)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

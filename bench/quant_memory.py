@@ -54,7 +54,7 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
     if precision is None:  # what the checkout does by default (an earlier commit has no precision to choose)
         result = quantize(loaded, config, calibration, pad_stride=pad_stride)
     else:
-        from engine.quant.calibration import pass_precision
+        from engine.quant.precision import pass_precision
 
         result = quantize(loaded, config, calibration, pad_stride=pad_stride, precision=pass_precision(precision))
     row["precision"] = result.calibration.get("pass_precision", "float32")
@@ -74,7 +74,7 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
              + (f", {' or '.join(map(str, threads))} torch thread(s)." if threads else "."),
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).",
              "precision: the pass's products (float32; bfloat16: forwards and the drift's moment products in bfloat16,"
-             " H^ in float32; engine/quant/calibration.PassPrecision).",
+             " H^ in float32; engine/quant/precision.PassPrecision).",
              "token KL: mean KL(fp32 || quantized) per token, both teacher-forced on the 50 clips' reference"
              " transcripts (bench/common.token_kl): a smooth fidelity measure beside the WER's jumps.", ""]
     head = "| model | method | bits | pad stride | precision | seed | quantize s | process peak RSS MB |"
@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--pad-strides", type=int, nargs="+", default=[8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=("auto", "float32", "bfloat16", "bfloat16-forward"),
-                        help="the calibration pass's dtypes (engine/quant/calibration.pass_precision)")
+                        help="the calibration pass's dtypes (engine/quant/precision.pass_precision)")
     parser.add_argument("--precision", help="the child's pass precision (default: the checkout's own)")
     parser.add_argument("--wer", action="store_true", help="score each quantized model on the test-other clips")
     parser.add_argument("--out", default="quant_memory", help="results name under bench/results")

@@ -92,7 +92,7 @@ def _model_to_run(args: argparse.Namespace):
 
 
 def _pass_precision(args: argparse.Namespace):
-    from engine.quant.calibration import pass_precision
+    from engine.quant.precision import pass_precision
 
     return pass_precision(args.pass_precision)
 

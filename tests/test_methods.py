@@ -261,7 +261,7 @@ def test_moments_from_the_drift_equal_the_direct_products(drift_dtype):
 
 
 def test_pass_precision_names_and_refusals():
-    from engine.quant.calibration import PRECISIONS, PassPrecision, native_bfloat16, pass_precision
+    from engine.quant.precision import PRECISIONS, PassPrecision, native_bfloat16, pass_precision
 
     assert pass_precision("float32") == PassPrecision() and pass_precision("float32").name == "float32"
     assert pass_precision("bfloat16").name == "bfloat16"

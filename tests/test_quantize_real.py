@@ -30,7 +30,7 @@ def demo_audio():
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16-forward"])
 def test_pass_without_quantization_reproduces_the_model(tiny, calibration, precision):
-    from engine.quant.calibration import PRECISIONS
+    from engine.quant.precision import PRECISIONS
 
     runner = TwoStreamPass(tiny, calibration, batch_size=3, precision=PRECISIONS[precision])
     runner.run(lambda part, block, layers, stats: None)
@@ -68,7 +68,7 @@ def test_fade_records_alpha_and_both_errors(tiny, calibration):
     assert all(r.output_error_uncorrected is not None and r.input_drift is not None for r in quantized)
     assert len({round(r.alpha, 3) for r in quantized}) > 5  # per-layer, not one global value
     assert result.seconds > 0 and result.size.size_bytes < result.size.fp16_size_bytes
-    from engine.quant.calibration import pass_precision
+    from engine.quant.precision import pass_precision
 
     assert result.calibration["pass_precision"] == pass_precision().name  # the artifact says how it was made
 

@@ -17,11 +17,11 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.progress import ProgressFn
-from engine.quant.calibration import (PAD_STRIDE, BlockRecord, CalibrationData, PassPrecision, TwoStreamPass,
-                                     check_layers_covered, pass_precision)
+from engine.quant.calibration import PAD_STRIDE, BlockRecord, CalibrationData, TwoStreamPass, check_layers_covered
 from engine.quant.config import QuantConfig
 from engine.quant.diagnostics import LayerRecord, record_for, refined_record
 from engine.quant.layer_table import OUTPUT_LAYER, LayerSpec, build_table, table_layers
+from engine.quant.precision import PassPrecision, pass_precision
 from engine.quant.moments import LayerStats
 from engine.quant.registry import QuantizedWeight, get_method
 from engine.quant.size import SizeReport, size_report, weight_storage

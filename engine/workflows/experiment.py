@@ -11,7 +11,8 @@ from pathlib import Path
 
 from engine.errors import DatasetError
 from engine.progress import ProgressFn
-from engine.quant.calibration import CalibrationData, PassPrecision, prepare_calibration
+from engine.quant.calibration import CalibrationData, prepare_calibration
+from engine.quant.precision import PassPrecision
 from engine.quant.config import QuantConfig
 from engine.quant.layer_table import LayerSpec
 from engine.quant.quantize import QuantizationResult, quantize
@@ -75,7 +76,7 @@ def quantize_and_evaluate(
     """One quantization + evaluation per calibration seed (one run only when the method needs no data).
 
     fallback: score with Whisper's temperature fallback decoding instead of greedy (engine/speech/transcribe.py).
-    precision: the calibration pass's dtypes (None: auto, see engine/quant/calibration.pass_precision)."""
+    precision: the calibration pass's dtypes (None: auto, see engine/quant/precision.pass_precision)."""
     needs = get_method(config.method).needs_calibration(config)
     if needs and calib_folder is None:
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")

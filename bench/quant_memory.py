@@ -9,8 +9,8 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
         --baseline ../base   # a checkout of an earlier commit (same child interface), timed in turn with these rows
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --seeds 0 1 --threads 1 --out pass_memory_1thread \
         --baseline ../base   # one thread per process, as the page's job worker runs
-    python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --precisions float32 bfloat16 --seeds 0 1 2 \
-        --wer --out pass_precision --baseline ../base   # the pass's dtypes, beside the earlier commit's float32 pass
+    python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --precisions float32 bfloat16 bfloat16-forward \
+        --seeds 0 1 2 3 --wer --out pass_precision   # the pass's dtypes (engine/quant/precision.py)
     python -m bench.quant_memory --models base small --methods fp32 fade --bits 4 --pad-strides 1 --wer \
         --out bigger_models  # the optional extras (pip install '.[base,small]'); fp32: load and score only
 """
@@ -73,8 +73,8 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
              "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass)"
              + (f", {' or '.join(map(str, threads))} torch thread(s)." if threads else "."),
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).",
-             "precision: the pass's products (float32; bfloat16: forwards and the drift's moment products in bfloat16,"
-             " H^ in float32; engine/quant/precision.PassPrecision).",
+             "precision: the pass's dtypes (float32; bfloat16-forward: both streams' forwards in bfloat16, moments"
+             " float32; bfloat16: also the drift's moment products, H^ float32; engine/quant/precision.py).",
              "token KL: mean KL(fp32 || quantized) per token, both teacher-forced on the 50 clips' reference"
              " transcripts (bench/common.token_kl): a smooth fidelity measure beside the WER's jumps.", ""]
     head = "| model | method | bits | pad stride | precision | seed | quantize s | process peak RSS MB |"

@@ -43,6 +43,8 @@ class TensorPool:
         saved = 0
         with self._lock, torch.no_grad():
             for name, param in model.named_parameters():  # a tied weight once: its modules share the parameter
+                if param.numel() == 0:  # a compact run's quantized layer, held as codes
+                    continue
                 key = (name, tuple(param.shape), param.dtype)
                 kept = self._kept.get(key)
                 if kept is not None and kept.data_ptr() != param.data_ptr() and torch.equal(kept, param):
@@ -96,7 +98,8 @@ class ResultStore:
         self._recent_lock = threading.Lock()
 
     def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
-        loaded, meta = load_quantized(self.root / run_id)
+        # as codes: a kept run holds ~10 MB instead of ~66 MB of float weights (unpacked per transcription)
+        loaded, meta = load_quantized(self.root / run_id, compact=True)
         base = self._base_model(meta["model"]["name"]) if self._base_model else None
         if base is not None:
             self._tensors.share(base.model)

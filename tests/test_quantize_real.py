@@ -102,11 +102,27 @@ def test_save_and_load_give_identical_weights_and_transcripts(tiny, calibration,
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, original[name]), name
     assert transcribe(loaded, demo_audio) == transcribe(result.loaded, demo_audio)
+    _assert_compact_load_matches(folder, result, demo_audio)
     assert meta["quant_config"]["method"] == "fade" and meta["format_version"] == FORMAT_VERSION == 3
     on_disk = (folder / "weights.safetensors").stat().st_size
     assert abs(on_disk - result.size.size_bytes) / result.size.size_bytes < 0.01
     row = {r["name"]: r for r in meta["layers"]}["model.encoder.layers.0.fc1"]
     assert (row["bits"], row["alpha"]) == (3, 0.2)
+
+
+def _assert_compact_load_matches(folder, result, demo_audio):
+    """A run loaded as codes holds no float weights for its quantized layers between uses, and inside in_use()
+    has the very weights (so the very transcripts) of the run it was saved from."""
+    compact, meta = load_quantized(folder, compact=True)
+    quantized = [name for name, desc in meta["weights"].items()]
+    held = sum(compact.model.get_submodule(name).weight.numel() for name in quantized)
+    assert quantized and held == 0
+    original = result.loaded.model.state_dict()
+    with compact.in_use(), compact.in_use():  # users share one unpacking
+        for name, tensor in compact.model.state_dict().items():
+            assert torch.equal(tensor, original[name]), name
+    assert compact.model.get_submodule(quantized[0]).weight.numel() == 0
+    assert transcribe(compact, demo_audio) == transcribe(result.loaded, demo_audio)
 
 
 def _round_trip(result, demo_audio, folder):
@@ -115,6 +131,7 @@ def _round_trip(result, demo_audio, folder):
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, original[name]), name
     assert transcribe(loaded, demo_audio) == transcribe(result.loaded, demo_audio)
+    _assert_compact_load_matches(folder, result, demo_audio)
     on_disk = (folder / "weights.safetensors").stat().st_size
     assert abs(on_disk - result.size.size_bytes) / result.size.size_bytes < 0.01
     return meta

@@ -33,6 +33,7 @@ from engine.digest import files_sha256
 from engine.errors import UserError
 from engine.quant.activation_quant import attach_input_quantizers
 from engine.quant.codebook import CodebookTensor
+from engine.quant.compact import CompactWeights
 from engine.quant.formats import QuantizedTensor
 from engine.quant.quantize import QuantizationResult
 from engine.quant.size import unique_parameters, weight_storage
@@ -159,8 +160,11 @@ def read_metadata(folder: str | Path) -> dict:
     return meta
 
 
-def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
-    """Rebuild the quantized model exactly (bit-identical weights) and return it with its metadata."""
+def load_quantized(folder: str | Path, compact: bool = False) -> tuple[LoadedModel, dict]:
+    """Rebuild the quantized model exactly (bit-identical weights) and return it with its metadata.
+
+    compact: keep the quantized layers as codes, unpacked only inside ``loaded.in_use()`` (which transcribe
+    enters): for a server holding many runs (engine/quant/compact.py)."""
     folder = Path(folder)
     meta = verify_artifact(folder)
     try:
@@ -180,13 +184,17 @@ def load_quantized(folder: str | Path) -> tuple[LoadedModel, dict]:
                 state[pname].zero_()
             elif pname in tensors:
                 state[pname].copy_(torch.from_numpy(tensors[pname].astype(np.float32)))
-        for name, qt in weights_from(meta, tensors, model).items():
-            model.get_submodule(name).weight.copy_(qt.dequantize())
+        weights = weights_from(meta, tensors, model)
+        if not compact:
+            for name, qt in weights.items():
+                model.get_submodule(name).weight.copy_(qt.dequantize())
     if meta.get("activations"):
         attach_input_quantizers(model, meta["activations"])
     tokens = WhisperTokens.from_file(folder / TOKENIZER_FILE, config.vocab_size)
     loaded = LoadedModel(f"{meta['model']['name']} ({meta['quant_config']['method']})", model,
                          WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokens, f"quantized artifact {folder}")
+    if compact:
+        loaded.in_use = CompactWeights(model, weights).in_use
     return loaded, meta
 
 

@@ -71,13 +71,14 @@ def transcribe(
     # Sort by length so each batch pads little.
     batches = [(sorted(short, key=lambda i: len(audios[i])), False), (long, True)]
     done = 0
-    for indices, long_form in batches:
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            for i, text in zip(chunk, _generate(loaded, [audios[i] for i in chunk], long_form, language,
-                                                   fallback)):
-                texts[i] = text
-            done += len(chunk)
-            if progress:
-                progress(done / max(len(audios), 1), f"transcribed {done}/{len(audios)}")
+    with loaded.in_use():
+        for indices, long_form in batches:
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                for i, text in zip(chunk, _generate(loaded, [audios[i] for i in chunk], long_form, language,
+                                                       fallback)):
+                    texts[i] = text
+                done += len(chunk)
+                if progress:
+                    progress(done / max(len(audios), 1), f"transcribed {done}/{len(audios)}")
     return [t or "" for t in texts]

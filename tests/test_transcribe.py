@@ -63,3 +63,22 @@ def test_temperature_fallback_breaks_the_loops_of_a_collapsed_model(tiny, test_o
     # A confident full-precision model never needs the fallback: the same text as greedy decoding.
     jfk = [load_audio(speech_dir("jfk") / "jfk.wav")]
     assert transcribe(tiny, jfk, fallback=True) == transcribe(tiny, jfk)
+
+
+def test_suppression_built_once_gives_transformers_own_scores_and_transcripts(tiny, test_other):
+    import torch
+    from transformers import SuppressTokensLogitsProcessor
+
+    from engine.speech.transcribe import SuppressTokens
+
+    tokens = tiny.model.generation_config.suppress_tokens
+    scores = torch.randn(3, tiny.model.config.vocab_size)
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    assert torch.equal(SuppressTokens(tokens)(ids, scores), SuppressTokensLogitsProcessor(tokens)(ids, scores))
+    # transformers' own decoding (its per-step suppression) of real clips gives the very same text
+    audios = [load_audio(u.path) for u in load_dataset(test_other)[:4]]
+    inputs = tiny.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+    with torch.inference_mode():
+        out = tiny.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, num_beams=1,
+                                  do_sample=False)
+    assert transcribe(tiny, audios) == [tiny.tokens.decode(seq.tolist()) for seq in out]

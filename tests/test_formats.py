@@ -90,6 +90,13 @@ def test_pack_unpack_round_trip_and_size(bits, n, seed):
     assert torch.equal(unpack_codes(packed, bits, n).long(), codes)
 
 
+@pytest.mark.parametrize("bits", [3, 4, 5])
+def test_unpack_over_several_chunks(bits):
+    n = 2 * (1 << 20) + 13  # the general path unpacks a million codes at a time
+    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    assert torch.equal(unpack_codes(pack_codes(codes, bits), bits, n), codes)
+
+
 @pytest.mark.parametrize("bits,group,grid", [(4, 64, "float minimum"), (3, 64, "symmetric"), (8, -1, "integer zero"),
                                              (2, 128, "float minimum")])
 def test_packed_size_formula_and_round_trip(bits, group, grid):

@@ -217,12 +217,25 @@ def pack_codes(codes: torch.Tensor, bits: int) -> np.ndarray:
     return np.packbits(bit_planes.reshape(-1), bitorder="little")
 
 
+_UNPACK_CHUNK = 1 << 20  # codes per step of the general path: its bit planes take 8 bytes a code
+
+
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> torch.Tensor:
     """Inverse of pack_codes: the first ``count`` codes as uint8."""
-    bit_planes = np.unpackbits(packed, bitorder="little")[: count * bits].reshape(count, bits)
-    padded = np.zeros((count, 8), dtype=np.uint8)
-    padded[:, :bits] = bit_planes
-    return torch.from_numpy(np.packbits(padded, axis=1, bitorder="little")[:, 0].copy())
+    if bits == 8:
+        return torch.from_numpy(packed[:count].copy())
+    if bits == 4:  # two codes a byte, the first in the low nibble (a server loading a run pays this path)
+        nibbles = np.stack((packed & 15, packed >> 4), axis=-1).reshape(-1)[:count]
+        return torch.from_numpy(nibbles.copy())
+    out = np.empty(count, dtype=np.uint8)
+    for start in range(0, count, _UNPACK_CHUNK):  # a chunk's codes start on a byte: the chunk is a multiple of 8
+        n = min(_UNPACK_CHUNK, count - start)
+        chunk = packed[start * bits // 8: (start * bits + n * bits + 7) // 8]
+        bit_planes = np.unpackbits(chunk, bitorder="little")[: n * bits].reshape(n, bits)
+        padded = np.zeros((n, 8), dtype=np.uint8)
+        padded[:, :bits] = bit_planes
+        out[start:start + n] = np.packbits(padded, axis=1, bitorder="little")[:, 0]
+    return torch.from_numpy(out)
 
 
 def packed_bytes(out_features: int, in_features: int, fmt: IntFormat) -> int:

@@ -113,6 +113,58 @@ def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
     assert [answers[i] for i in range(3)] == alone  # batched greedy decoding gives each clip its own transcript
 
 
+class _LastComerFirstLock:
+    """A lock that, when released, goes to the thread that asked for it last (allowed by a lock's contract)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._held = False
+        self._asking: list[int] = []
+
+    def __enter__(self):
+        me = threading.get_ident()
+        with self._cond:
+            self._asking.append(me)
+            self._cond.wait_for(lambda: not self._held and self._asking[-1] == me)
+            self._asking.remove(me)
+            self._held = True
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
+def test_waiting_requests_for_different_models_are_answered_in_arrival_order(tiny, monkeypatch):
+    import serving.transcription as desk_module
+    from engine.speech.audio import load_audio
+    from engine.speech.samples import sample_clips
+
+    audios = [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:4]
+    order: list[int] = []
+    real = desk_module.transcribe
+
+    def observed(loaded, batch):  # the real model call, its order noted by each clip's length
+        order.extend(len(a) for a in batch)
+        return real(loaded, batch)
+
+    monkeypatch.setattr(desk_module, "transcribe", observed)
+    desk = TranscriptionDesk(max_batch=4)
+    desk._cpu = _LastComerFirstLock()  # a lock may wake any waiter: this one wakes the newest
+    threads = []
+    with desk._cpu:  # a transcription is running; four requests for four runs queue one after another
+        for i, audio in enumerate(audios):
+            threads.append(threading.Thread(target=desk.transcribe, args=(tiny, f"tiny.en/run{i}", audio)))
+            threads[-1].start()
+            deadline = time.monotonic() + 30
+            while len(desk._waiting) < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=120)
+    # whichever thread the lock picks next, the line is worked off from its oldest request
+    assert order == [len(a) for a in audios] and desk.model_calls == 4
+
+
 @pytest.mark.slow
 def test_a_request_for_two_models_waits_in_line_once(tiny):
     from engine.speech.audio import load_audio

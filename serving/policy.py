@@ -101,7 +101,9 @@ class ServingPolicy:
     def public_defaults(cls, **changes) -> ServingPolicy:
         """The caps of a public Space on free CPU hardware: two-minute clips, ten-minute jobs, 20 MB uploads."""
         values = {"public": True, "max_upload_bytes": 20 * 2**20, "max_audio_seconds": 120.0, "job_seconds": 600.0,
-                  "max_waiting_jobs": 4, "kept_artifacts": 32, "warm_up": PUBLIC_WARM_UP,
+                  # a waiting job holds no memory (one runs at a time): a visitor is better told "5 jobs ahead of
+                  # yours, about 200 s" than "busy"; each visitor has one job at most
+                  "max_waiting_jobs": 8, "kept_artifacts": 32, "warm_up": PUBLIC_WARM_UP,
                   # a room's visitors transcribe with many runs; runs share their unquantized half (TensorPool)
                   "kept_results": 8}
         return cls(**(values | changes))

@@ -10,7 +10,7 @@ died, the history holds each finished run exactly once, and the worker started t
 order they arrived (from the server's log). Reports p50/p95 latency per kind of request, the share of busy
 answers and the memory of the server and its worker, against the workshop targets.
 
-    python -m bench.load [--users 30] [--seconds 600] [--threads split|shared|W:T] [--out load]
+    python -m bench.load [--users 30] [--seconds 600] [--threads priority|split|shared|W:T] [--out load]
 """
 
 from __future__ import annotations
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=600)
-    parser.add_argument("--threads", default="split", help="the server's ASRQ_THREADS (split, shared or W:T)")
+    parser.add_argument("--threads", default="priority",
+                        help="the server's ASRQ_THREADS (priority, the public default; split, shared or W:T)")
     parser.add_argument("--out", default="load")
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 50 or not 10 <= args.seconds <= 900:

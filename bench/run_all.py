@@ -84,7 +84,8 @@ def main() -> None:
     personalization.main([])
     fuzz_audio.main([])
     batching.main([])
-    load.main([])  # 30 visitors, 10 min, public mode: the cores split between the worker and transcription
+    load.main([])  # 30 visitors, 10 min, public mode: transcriptions before the (niced) worker on every core
+    load.main(["--threads", "split", "--out", "load-split"])  # the same with the cores split between the two
     load.main(["--threads", "shared", "--out", "load-shared"])  # the same with both on every core
 
 

@@ -13,8 +13,8 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
                                 default model while no job waits; "none" for none (default: none in private
                                 mode, PUBLIC_WARM_UP in public mode)
     ASRQ_THREADS=1:1            torch threads of the job worker : of the server's transcriptions; "split": the
-                                cores in two, the worker getting the smaller half (the public default);
-                                "priority": both use every core and the worker runs at the lowest CPU priority,
+                                cores in two, the worker getting the smaller half; "priority" (the public
+                                default): both use every core and the worker runs at the lowest CPU priority,
                                 so a transcription takes the cores from a job whenever it runs; "shared": both use
                                 every core at the same priority, as torch does (the private default: one person
                                 rarely transcribes while a job runs). Measured in bench/results/load*.md.
@@ -119,7 +119,7 @@ class ServingPolicy:
         eval_dir = env.get("ASRQ_EVAL_DIR", "").strip() or None
         if eval_dir is not None and not os.path.isdir(eval_dir):
             raise PolicyError(f"ASRQ_EVAL_DIR={eval_dir!r} is not a folder.")
-        warm_up = _threads_from(env.get("ASRQ_THREADS", "") or ("split" if public else "shared"))
+        warm_up = _threads_from(env.get("ASRQ_THREADS", "") or ("priority" if public else "shared"))
         if env.get("ASRQ_WARM_UP", "").strip():
             text = env["ASRQ_WARM_UP"].strip()
             warm_up["warm_up"] = () if text.lower() == "none" else tuple(i.strip() for i in text.split(",") if i.strip())

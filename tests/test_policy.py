@@ -38,13 +38,15 @@ def test_warm_up_is_public_by_default_and_configurable():
     assert ServingPolicy.from_env({"ASRQ_WARM_UP": "gptq:3, rtn:4"}).warm_up == ("gptq:3", "rtn:4")
 
 
-def test_threads_are_split_in_public_mode_and_configurable(monkeypatch):
+def test_public_mode_gives_transcriptions_priority_and_threads_are_configurable(monkeypatch):
     from serving.policy import split_threads
 
     assert split_threads(1) == (1, 1) and split_threads(2) == (1, 1) and split_threads(5) == (2, 3)
     monkeypatch.setattr("serving.policy.available_cores", lambda: 4)
-    public = ServingPolicy.from_env({"ASRQ_PUBLIC": "1"})
-    assert (public.worker_threads, public.transcribe_threads) == (2, 2)
+    public = ServingPolicy.from_env({"ASRQ_PUBLIC": "1"})  # uploads 12 s at p95 against 29 s split (load*.md)
+    assert (public.worker_threads, public.transcribe_threads, public.worker_nice) == (None, None, 19)
+    split = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "split"})
+    assert (split.worker_threads, split.transcribe_threads) == (2, 2)
     private = ServingPolicy.from_env({})  # one person: a job may use every core
     assert (private.worker_threads, private.transcribe_threads) == (None, None)
     assert "shared" in private.thread_split

@@ -138,7 +138,8 @@ def main(argv=None) -> dict:
                 report = evaluate(result.loaded, data)
                 runs[key] = {"label": label, "source": source, "seed": seed, "wer": report.wer, "cer": report.cer,
                              "quant_seconds": seconds, "peak_rss_mb": peak, "size_bytes": result.size.size_bytes,
-                             "alphas": [r.alpha for r in result.layer_records], **utterance_errors(report)}
+                             "alphas": [r.alpha for r in result.layer_records],
+                             "pass_precision": result.calibration.get("pass_precision"), **utterance_errors(report)}
                 if args.fallback:
                     runs[key]["wer_fallback"] = evaluate(result.loaded, data, fallback=True).wer
                 log.info("%s: WER %.2f%%, %.0f s, %.0f MB", key, 100 * report.wer, seconds, peak)

@@ -182,6 +182,7 @@ def load_quantized(folder: str | Path, compact: bool = False) -> tuple[LoadedMod
     state = model.state_dict()
     dropped = set(meta["dropped"])
     weights = weights_from(meta, tensors, model)
+    quantized = {model.get_submodule(name).weight.data_ptr() for name in weights}  # tied: one storage, two names
     with torch.no_grad():
         for pname in unique_parameters(model):
             layer = pname.rsplit(".", 1)[0]
@@ -189,7 +190,7 @@ def load_quantized(folder: str | Path, compact: bool = False) -> tuple[LoadedMod
                 state[pname].zero_()
             elif pname in tensors:
                 state[pname].copy_(torch.from_numpy(tensors[pname].astype(np.float32)))
-            elif not (layer in weights and pname.endswith(".weight")):
+            elif state[pname].data_ptr() not in quantized:
                 raise ArtifactError(f"{folder / WEIGHTS_FILE} has no tensor for {pname}.")
         if not compact:
             for name, qt in weights.items():

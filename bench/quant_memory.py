@@ -26,6 +26,7 @@ import sys
 import time
 
 from bench.common import write_results
+from engine.quant.calibration import PAD_STRIDE
 
 TEST_SET = "librispeech-test-other"
 
@@ -74,7 +75,8 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
              + (f", {' or '.join(map(str, threads))} torch thread(s)." if threads else "."),
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).",
              "precision: the pass's dtypes (float32; bfloat16-forward: both streams' forwards in bfloat16, moments"
-             " float32; bfloat16: also the drift's moment products, H^ float32; engine/quant/precision.py).",
+             " float32 sums of exact products (since stop 31 those of bfloat16 inputs from bfloat16 copies,"
+             " 3x faster); bfloat16: also the drift's moment products, H^ float32; engine/quant/precision.py).",
              "token KL: mean KL(fp32 || quantized) per token, both teacher-forced on the 50 clips' reference"
              " transcripts (bench/common.token_kl): a smooth fidelity measure beside the WER's jumps.", ""]
     head = "| model | method | bits | pad stride | precision | seed | quantize s | process peak RSS MB |"
@@ -112,7 +114,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "qep", "fade"],
                         help="methods, or fp32 for the model alone")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    parser.add_argument("--pad-strides", type=int, nargs="+", default=[8])
+    parser.add_argument("--pad-strides", type=int, nargs="+", default=[PAD_STRIDE],
+                        help="encoder padding frames per sampled one in the moments (default: the pass's own, all of them)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=("auto", "float32", "bfloat16", "bfloat16-forward"),
                         help="the calibration pass's dtypes (engine/quant/precision.pass_precision)")

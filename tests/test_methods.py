@@ -212,6 +212,49 @@ def test_gram_from_half_the_strips_is_the_full_product(features):
     torch.testing.assert_close(g, x.T @ x, rtol=1e-5, atol=1e-3)
 
 
+def test_bfloat16_inputs_give_the_moments_of_their_values_and_leave_the_precision_flag_as_it_was():
+    """bfloat16 inputs are multiplied from bfloat16 copies with float32 sums (exact products): the moments
+    match float64 products of the same values as closely as float32 products do, weight included."""
+    from engine.quant.moments import LayerStats
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(600, 320, generator=g) * torch.rand(320, generator=g) * 4).bfloat16()
+    x_hat = (x.float() + 0.05 * torch.randn(600, 320, generator=g)).bfloat16()
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    stats = LayerStats(320, splits=1)
+    stats.add_batch(x, x_hat, weight=3.0)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    m = stats.moments()
+    xd, xhd = x.double(), x_hat.double()
+    for got, exact in ((m.hq, xhd.T @ xhd / 600), (m.cross, xd.T @ xhd / 600), (m.hx, xd.T @ xd / 600)):
+        assert float((got - exact).abs().max() / exact.abs().max()) < 1e-5
+
+
+def test_layer_errors_at_once_equal_the_separate_functions():
+    from engine.quant.moments import input_drift, layer_errors
+
+    w, _, _, stats, _ = layer_setup(seed=5)
+    m = stats.moments()
+    g = torch.Generator().manual_seed(6)
+    q, u = w + 0.05 * torch.randn(w.shape, generator=g), w + 0.08 * torch.randn(w.shape, generator=g)
+    errors = layer_errors(w, q, m, u)
+    assert errors.input_drift == pytest.approx(input_drift(m), rel=1e-9)
+    assert errors.local_error == pytest.approx(local_error(w, q, m), rel=1e-9)
+    assert errors.output_error == pytest.approx(output_error(w, q, m), rel=1e-9)
+    assert errors.output_error_uncorrected == pytest.approx(output_error(w, u, m), rel=1e-9)
+    assert layer_errors(w, q, m).output_error_uncorrected is None
+
+
+def test_gptq_inverse_factor_from_one_factorization_is_the_reference_one():
+    from engine.quant.methods.gptq import inverse_upper_factor, prepare_hessian
+
+    h = prepare_hessian(layer_setup(seed=7, d_in=96)[3].moments().hq, 0.01)[0]
+    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    u = inverse_upper_factor(h)
+    assert torch.equal(u, u.triu())
+    torch.testing.assert_close(u, reference, rtol=1e-10, atol=1e-12)
+
+
 def test_moments_are_averaged_once_in_place_and_then_closed():
     x, x_hat = torch.randn(30, 6, dtype=torch.float64), torch.randn(30, 6, dtype=torch.float64)
     stats = LayerStats(6, splits=2)

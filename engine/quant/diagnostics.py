@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from engine.quant.layer_table import LayerSpec
-from engine.quant.moments import LayerStats, input_drift, local_error, output_error
+from engine.quant.moments import LayerStats, layer_errors
 from engine.quant.registry import LayerOutcome
 
 
@@ -49,12 +49,12 @@ def record_for(spec: LayerSpec, w: torch.Tensor, outcome: LayerOutcome | None, s
                   weight_error=weight_error, notes=outcome.notes if outcome else None)
     if stats is None:
         return LayerRecord(**common)
-    m = stats.moments()
-    uncorrected = None
-    if outcome is not None and outcome.uncorrected is not None:
-        uncorrected = output_error(w, outcome.uncorrected.dequantize(), m)
-    return LayerRecord(**common, input_drift=input_drift(m), local_error=local_error(w, q, m),
-                       output_error=output_error(w, q, m), output_error_uncorrected=uncorrected)
+    second = outcome.uncorrected if outcome is not None else None
+    same = second is not None and second is outcome.quantized  # alpha 0: the plain codes are the codes
+    errors = layer_errors(w, q, stats.moments(), second.dequantize() if second is not None and not same else None)
+    return LayerRecord(**common, input_drift=errors.input_drift, local_error=errors.local_error,
+                       output_error=errors.output_error,
+                       output_error_uncorrected=errors.output_error if same else errors.output_error_uncorrected)
 
 
 def refined_record(record: LayerRecord, w: torch.Tensor, quantized) -> LayerRecord:

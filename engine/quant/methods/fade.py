@@ -31,6 +31,7 @@ import torch
 
 from engine.quant.config import FADEConfig
 from engine.quant.layer_table import LayerSpec
+from engine.quant.methods.gptq import damping_amount
 from engine.quant.methods.qep import drift_product, qep_direction
 from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format
 from engine.quant.moments import LayerStats, Moments, output_error
@@ -64,8 +65,10 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
     alphas, shares = [], []
     drift_a, drift_b = drift_product(w, a), drift_product(w, b)  # each used by both directions
     for fit, check, drift_fit, drift_check in ((a, b, drift_a, drift_b), (b, a, drift_b, drift_a)):
-        d = qep_direction(w, fit, damping, drift_fit)
-        g_in, h_in = _gain_curvature(drift_fit, d, fit)
+        d = qep_direction(w, fit, damping, drift_fit).double()
+        g_in = float((drift_fit * d).sum())
+        # In sample D (H^ + lambda I) = W (C - H^), so tr(D H^ D^T) = g_in - lambda ||D||^2: no product needed.
+        h_in = g_in - damping_amount(fit.hq, damping) * float((d * d).sum())
         g_out, h_out = _gain_curvature(drift_check, d, check)
         if h_in <= 0 or h_out <= 0 or g_in <= 0:
             continue

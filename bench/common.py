@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,12 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+
+
+def commit_of(checkout: str | Path = REPO) -> str:
+    """The short commit a checkout is at (what a row of results was measured with); '' outside git."""
+    out = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip()
 SHARED_SPEECH = REPO.parent / "shared" / "speech"
 
 

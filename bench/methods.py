@@ -20,7 +20,7 @@ import resource
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, speech, write_results
+from bench.common import RESULTS, commit_of, speech, write_results
 from engine.quant.layer_table import PRESETS, preset_table
 from engine.quant.quantize import quantize
 from engine.quant.registry import get_method, make_config
@@ -113,6 +113,8 @@ def main(argv=None) -> dict:
     if args.fallback and "wer_fallback" not in runs["fp32"]:
         runs["fp32"]["wer_fallback"] = evaluate(loaded, data, fallback=True).wer
 
+    commit = commit_of()  # each row says which code made it: a table is filled over several stops
+
     def save():
         write_results(args.out, {"runs": runs}, markdown(runs, NOTES.get(args.out, "")))
 
@@ -139,13 +141,22 @@ def main(argv=None) -> dict:
                 runs[key] = {"label": label, "source": source, "seed": seed, "wer": report.wer, "cer": report.cer,
                              "quant_seconds": seconds, "peak_rss_mb": peak, "size_bytes": result.size.size_bytes,
                              "alphas": [r.alpha for r in result.layer_records],
-                             "pass_precision": result.calibration.get("pass_precision"), **utterance_errors(report)}
+                             "pass_precision": result.calibration.get("pass_precision"), "commit": commit,
+                             **utterance_errors(report)}
                 if args.fallback:
                     runs[key]["wer_fallback"] = evaluate(result.loaded, data, fallback=True).wer
                 log.info("%s: WER %.2f%%, %.0f s, %.0f MB", key, 100 * report.wer, seconds, peak)
                 save()
     save()
     return runs
+
+
+def _count_commits(runs: dict) -> dict:
+    counts: dict = {}
+    for key, r in runs.items():
+        if key != "fp32":
+            counts[r.get("commit", "")] = counts.get(r.get("commit", ""), 0) + 1
+    return counts
 
 
 def utterance_errors(report) -> dict:
@@ -183,7 +194,8 @@ NOTES = {  # what the rows are; remarks about particular runs (their timings, th
     "methods": ("FADE rows labelled 'rule=shrink' and '(alternating halves)' use FADE's earlier rule (a layer's alpha "
                 "shrunk toward the prior 0.75 by its reliability); plain 'fade' rows use the held-out optimum "
                 "(docs/methods.md). Quant s depends on what else shared the cores during the run. Rows with "
-                "fewer than 5 seeds are unfinished (the bench resumes them)."),
+                "fewer than 5 seeds are unfinished (the bench resumes them). Rows without a recorded commit were made in "
+                "stop 30, before e6f5e1f's faster pass (the same method; codes differ by summation order)."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
                  "with Whisper's temperature fallback (engine/speech/transcribe.py: a window whose tokens compress "
                  "too well or whose mean log-probability is too low is decoded again at higher temperatures, "
@@ -242,7 +254,9 @@ def markdown(runs: dict, note: str = "") -> str:
               f"{' and '.join(DESIGN_SPEAKERS)} (20 clips), on which design settings are chosen; other: the remaining "
               "3 speakers (30 clips). Δ vs fp32: the row's mean WER minus fp32's on the same 50 clips, with a paired "
               "bootstrap 95% interval over clips and the row's seeds (engine/speech/intervals.py); '-' for runs made before "
-              "per-clip errors were stored. Peak RSS is the whole process (model, data and the pass).", "", note]
+              "per-clip errors were stored. Peak RSS is the whole process (model, data and the pass).", "",
+              "Runs by the commit that made them: " + ", ".join(f"{c or 'not recorded'} {n}" for c, n in
+                                                               _count_commits(runs).items()) + ".", "", note]
     return "\n".join(lines)
 
 

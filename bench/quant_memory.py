@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import write_results
+from bench.common import commit_of, write_results
 from engine.quant.calibration import PAD_STRIDE
 
 TEST_SET = "librispeech-test-other"
@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
         write_results(args.out, {"rows": rows, "skipped": skipped, "baseline": baseline},
                       markdown(rows, args.wer, skipped))  # partial runs kept
 
-    baseline = _commit_of(args.baseline) if args.baseline else None
+    baseline = commit_of(args.baseline) if args.baseline else None
     from engine.whisper.models import available_models
 
     loadable = {m["name"]: m for m in available_models()}
@@ -166,11 +166,6 @@ def main(argv=None) -> dict:
                             run([method, str(bits), str(stride), str(seed), "--model", model, "--precision", precision]
                                 + (["--wer"] if args.wer else []))
     return {"rows": rows}
-
-
-def _commit_of(checkout: str) -> str:
-    return subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 if __name__ == "__main__":

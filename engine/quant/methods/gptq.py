@@ -18,7 +18,7 @@ def prepare_hessian(h: torch.Tensor, damping: float) -> tuple[torch.Tensor, torc
     h = h.double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h += damping * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    h += damping_amount(h, damping) * torch.eye(h.shape[0], dtype=h.dtype)
     return h, dead
 
 

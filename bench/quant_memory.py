@@ -27,12 +27,13 @@ import time
 
 from bench.common import commit_of, write_results
 from engine.quant.calibration import PAD_STRIDE
+from engine.quant.windows import RECORDINGS_PER_WINDOW
 
 TEST_SET = "librispeech-test-other"
 
 
 def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en",
-          precision: str | None = None) -> dict:
+          precision: str | None = None, per_window: int | None = None) -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
     from engine.quant.quantize import quantize
@@ -51,7 +52,13 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
             row["wer"] = evaluate(loaded, test_set).wer
         return row
     config = make_config(method, bits=bits, group_size=64)
-    calibration = calibration_for(loaded, config, [speech(n) for n in REAL_CALIBRATION], N_CALIB, seed, test_set)
+    folders = [speech(n) for n in REAL_CALIBRATION]
+    if per_window is None:  # what the checkout does by default (an earlier commit has no packing to choose)
+        calibration = calibration_for(loaded, config, folders, N_CALIB, seed, test_set)
+    else:
+        calibration = calibration_for(loaded, config, folders, N_CALIB, seed, test_set, per_window)
+    row["per_window"] = per_window or 1
+    row["windows"] = calibration.n_clips if calibration is not None else 0
     if precision is None:  # what the checkout does by default (an earlier commit has no precision to choose)
         result = quantize(loaded, config, calibration, pad_stride=pad_stride)
     else:
@@ -74,29 +81,33 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
              "Each row is a fresh process: model + calibration audio + the pass (fp32: the model loaded, no pass)"
              + (f", {' or '.join(map(str, threads))} torch thread(s)." if threads else "."),
              "pad stride: one encoder padding frame in this many enters the moments (1: all of them).",
+             "per window: calibration clips (of one half) sharing a 30 s encoder window (engine/quant/windows.py;"
+             " 1: one clip per window, as before stop 32); windows: how many the pass encoded.",
              "precision: the pass's dtypes (float32; bfloat16-forward: both streams' forwards in bfloat16, moments"
              " float32 sums of exact products (since stop 31 those of bfloat16 inputs from bfloat16 copies,"
              " 3x faster); bfloat16: also the drift's moment products, H^ float32; engine/quant/precision.py).",
              "token KL: mean KL(fp32 || quantized) per token, both teacher-forced on the 50 clips' reference"
              " transcripts (bench/common.token_kl): a smooth fidelity measure beside the WER's jumps.", ""]
-    head = "| model | method | bits | pad stride | precision | seed | quantize s | process peak RSS MB |"
+    head = "| model | method | bits | pad stride | per window | windows | precision | seed | quantize s | process peak RSS MB |"
     lines += [head + (" WER % (50 test-other clips) | token KL to fp32, 10^-3 nats |" if with_wer else ""),
-              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if with_wer else "")]
+              "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if with_wer else "")]
     for r in rows:
         line = (f"| {r.get('model', 'tiny.en')} | {r['method']} | {r['bits']} | {r['pad_stride']} "
+                f"| {r.get('per_window', 1)} | {r.get('windows', '-')} "
                 f"| {r.get('precision', 'float32')} | {r['seed']} "
                 f"| {r['quant_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
         kl = f" {1000 * r['token_kl']:.2f} |" if "token_kl" in r else " - |"
         lines.append(line + (f" {100 * r['wer']:.2f} |{kl}" if with_wer and "wer" in r else " | |" if with_wer else ""))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r.get("model", "tiny.en"), r["method"], r["bits"], r["pad_stride"],
+        groups.setdefault((r.get("model", "tiny.en"), r["method"], r["bits"], r["pad_stride"], r.get("per_window", 1),
                            r.get("precision", "float32")), []).append(r)
     if any(len(g) > 1 for g in groups.values()):
         lines += ["", "Over the seeds (mean ± sample std):", ""]
-        for (model, method, bits, stride, precision), group in groups.items():
+        for (model, method, bits, stride, per_window, precision), group in groups.items():
             times = [r["quant_seconds"] for r in group]
-            text = f"- {model} {method} {bits}-bit, pad stride {stride}, {precision}: {statistics.mean(times):.1f} s"
+            text = (f"- {model} {method} {bits}-bit, pad stride {stride}, {per_window} per window, {precision}: "
+                    f"{statistics.mean(times):.1f} s")
             if with_wer and len(group) > 1 and all("wer" in r for r in group):
                 wers = [100 * r["wer"] for r in group]
                 text += f", WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f} %"
@@ -116,6 +127,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     parser.add_argument("--pad-strides", type=int, nargs="+", default=[PAD_STRIDE],
                         help="encoder padding frames per sampled one in the moments (default: the pass's own, all of them)")
+    parser.add_argument("--per-window", type=int, nargs="+", default=[RECORDINGS_PER_WINDOW],
+                        help="calibration clips sharing an encoder window (default: the pass's own)")
+    parser.add_argument("--child-per-window", type=int, help="the child's clips per window (default: the checkout's own)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=("auto", "float32", "bfloat16", "bfloat16-forward"),
                         help="the calibration pass's dtypes (engine/quant/precision.pass_precision)")
@@ -130,7 +144,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.child:
         method, bits, stride, seed = args.child
-        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer, args.model, args.precision)))
+        print(json.dumps(child(method, int(bits), int(stride), int(seed), args.wer, args.model, args.precision,
+                               args.child_per_window)))
         return {}
     rows = []
 
@@ -162,9 +177,10 @@ def main(argv=None) -> dict:
                         run([method, str(bits), "1", str(seed), "--model", model] + (["--wer"] if args.wer else []),
                             cwd=args.baseline, pad_stride=f"1 ({baseline})")
                     for stride in args.pad_strides:
-                        for precision in args.precisions:
-                            run([method, str(bits), str(stride), str(seed), "--model", model, "--precision", precision]
-                                + (["--wer"] if args.wer else []))
+                        for per_window in args.per_window:
+                            for precision in args.precisions:
+                                run([method, str(bits), str(stride), str(seed), "--model", model, "--precision",
+                                     precision, "--child-per-window", str(per_window)] + (["--wer"] if args.wer else []))
     return {"rows": rows}
 
 

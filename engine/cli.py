@@ -52,7 +52,7 @@ def _layer_table(args: argparse.Namespace, loaded, config):
 def _calibration(args: argparse.Namespace, loaded, config, exclude=()):
     from engine.workflows.experiment import calibration_for
 
-    return calibration_for(loaded, config, args.calib, args.n_calib, args.seed, exclude)
+    return calibration_for(loaded, config, args.calib, args.n_calib, args.seed, exclude, args.per_window)
 
 
 def _model_for(args: argparse.Namespace):
@@ -136,7 +136,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         runs = quantize_and_evaluate(loaded, config, utterances, args.calib,
                                      seeds=range(args.seed, args.seed + args.seeds), n_calib=args.n_calib,
                                      layers=_layer_table(args, loaded, config), fallback=args.fallback,
-                                     precision=_pass_precision(args))
+                                     precision=_pass_precision(args), per_window=args.per_window)
         fp32 = evaluate(loaded, utterances, batch_size=args.batch_size, fallback=args.fallback)
         result = {**summary(args.model, config, runs, args.per_utterance), **where,
                   **interval_summary([r.report for r in runs], fp32)}
@@ -281,6 +281,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from engine.quant.windows import RECORDINGS_PER_WINDOW
     from engine.speech.samples import SAMPLE_DIR
 
     g = p.add_argument_group("quantization")
@@ -318,6 +319,9 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--calib", default=str(SAMPLE_DIR), help="calibration folder (default: sample_audio)")
     g.add_argument("--n-calib", type=int, default=32, help="calibration clips drawn by seed")
     g.add_argument("--seed", type=int, default=0, help="calibration draw")
+    g.add_argument("--per-window", type=int, default=RECORDINGS_PER_WINDOW,
+                   help="calibration clips (of one half) sharing a 30 s encoder window: fewer windows, a faster pass "
+                        f"(default {RECORDINGS_PER_WINDOW}; 1: one clip per window, padded)")
     g.add_argument("--pass-precision", choices=("auto", "float32", "bfloat16-forward", "bfloat16"), default="auto",
                    help="dtypes of the calibration pass (auto: bfloat16-forward where the CPU has bfloat16 units, else float32)")
 

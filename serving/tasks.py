@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 # Saved results of an older version are not reused: version 2 calibrates on two voices (stratified, never on a
 # scored clip) and stores intervals; version 3 adds the latency on a real runtime; version 4 fits asymmetric
-# grids from each group's float minimum.
-RESULTS_VERSION = 4
+# grids from each group's float minimum; version 5 packs calibration clips 4 to an encoder window.
+RESULTS_VERSION = 5
 APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
 LATENCY_CLIPS = 3  # scored clips timed on the real runtime (after a warm-up on the first)
 WHISPER_CPP_FILE = "model-whisper.cpp.bin"  # in the run's artifact folder: the page's download
@@ -146,7 +146,7 @@ def _summary(request, run_id, folder, config, calibration, result, scored, repor
         **result.to_dict(), "run_id": run_id, "artifact": str(folder), "model": request["model"],
         "seed": int(request.get("seed", 0)), "overrides": request.get("overrides"),
         "layers_key": layers_key(request.get("overrides")),
-        "calibration_clips": calibration.n_clips if calibration is not None else 0,
+        "calibration_clips": calibration.n_recordings if calibration is not None else 0,
         # demo_* keep their names (the history's columns) but hold the scores on the evaluation set named here.
         "eval_set": scored.description, "eval_clips": report.n_utterances, **interval_summary([report], fp32),
         "demo_wer": report.wer, "demo_wer_fp32": fp32.wer, "demo_rtf": report.rtf, "demo_rtf_fp32": fp32.rtf,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,17 +190,50 @@ def test_calibration_halves_are_speaker_disjoint_when_speakers_differ():
     assert data(("a",) * 5).split_of_clip().tolist() == [0, 1, 0, 1, 0]  # one speaker: clips alternate
 
 
+def test_packed_windows_keep_every_recording_in_its_half_and_in_30_seconds():
+    from engine.quant.windows import GAP_SECONDS, pack_windows, speaker_halves
+
+    rate = 100  # samples per second: small arrays, the same arithmetic
+    seconds = [5, 6, 12, 4, 9, 29, 3, 7, 8]
+    audios = [np.full(s * rate, i + 1, dtype=np.float32) for i, s in enumerate(seconds)]
+    texts = [f"clip{i}" for i in range(len(audios))]
+    halves = speaker_halves(len(audios), ["a", "b", "a", "c", "b", "a", "c", "b", "a"])
+    packed = pack_windows(audios, texts, halves, per_window=3, sample_rate=rate)
+    gap = round(GAP_SECONDS * rate)
+    assert len(packed.audios) < len(audios)
+    seen = []
+    for audio, text, half in zip(packed.audios, packed.transcripts, packed.halves):
+        members = [int(word[4:]) for word in text.split()]
+        assert 1 <= len(members) <= 3 and len(audio) <= 30 * rate
+        assert {halves[i] for i in members} == {half}  # a window never mixes the halves
+        assert len(audio) == sum(len(audios[i]) for i in members) + gap * (len(members) - 1)
+        assert sorted(set(audio[audio > 0].tolist())) == [i + 1 for i in sorted(members)]  # their samples, gaps silent
+        seen += members
+    assert sorted(seen) == list(range(len(audios)))  # every recording once
+    alone = pack_windows(audios, texts, halves, per_window=1, sample_rate=rate)
+    assert alone.transcripts == texts and alone.halves == tuple(halves)
+    with pytest.raises(UserError, match="per window"):
+        pack_windows(audios, texts, halves, per_window=0, sample_rate=rate)
+
+
 @pytest.mark.slow
 def test_sample_calibration_splits_fade_halves_by_voice(tiny):
+    from engine.quant.windows import speaker_halves
     from engine.workflows.experiment import build_calibration, calibration_clips
     from engine.speech.samples import SAMPLE_DIR, eval_set
 
     clips = calibration_clips(SAMPLE_DIR, 6, 0, exclude=eval_set(None).utterances)
-    data = build_calibration(tiny, clips)
-    split = data.split_of_clip().tolist()
-    assert data.speakers == tuple(u.voice for u in clips)
-    assert {u.voice for u, h in zip(clips, split) if h == 0} != {u.voice for u, h in zip(clips, split) if h == 1}
-    assert all(len({h for u, h in zip(clips, split) if u.voice == v}) == 1 for v in ("joe", "heart"))
+    halves = speaker_halves(len(clips), [u.voice for u in clips])
+    assert {u.voice for u, h in zip(clips, halves) if h == 0} != {u.voice for u, h in zip(clips, halves) if h == 1}
+    assert all(len({h for u, h in zip(clips, halves) if u.voice == v}) == 1 for v in ("joe", "heart"))
+    alone = build_calibration(tiny, clips, per_window=1)
+    assert alone.speakers == tuple(u.voice for u in clips) and alone.split_of_clip().tolist() == halves
+    packed = build_calibration(tiny, clips)  # the default: clips of one half share a window
+    assert packed.n_recordings == 6 and packed.n_clips == 2 and sorted(packed.split_of_clip().tolist()) == [0, 1]
+    prompt = len(alone.tokens[0]) - len(tiny.tokens.encode(clips[0].reference)) - 1  # before the text, then end
+    for window in range(packed.n_clips):  # each window's transcript is its half's clips', in order
+        members = [u.reference.strip() for u, h in zip(clips, halves) if h == packed.halves[window]]
+        assert tiny.tokens.decode(list(packed.tokens[window][prompt:-1])).strip() == " ".join(members)
 
 
 @pytest.mark.parametrize("features", [100, 256, 257, 1536])
@@ -249,10 +283,12 @@ def test_gptq_inverse_factor_from_one_factorization_is_the_reference_one():
     from engine.quant.methods.gptq import inverse_upper_factor, prepare_hessian
 
     h = prepare_hessian(layer_setup(seed=7, d_in=96)[3].moments().hq, 0.01)[0]
-    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    u = inverse_upper_factor(h)
-    assert torch.equal(u, u.triu())
-    torch.testing.assert_close(u, reference, rtol=1e-10, atol=1e-12)
+    for dtype, rtol in ((torch.float64, 1e-10), (h.dtype, 1e-4)):  # exact in float64; the solves' float32 rounding
+        h = h.to(dtype)
+        reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h.double())), upper=True)
+        u = inverse_upper_factor(h)
+        assert u.dtype == dtype and torch.equal(u, u.triu())
+        torch.testing.assert_close(u.double(), reference, rtol=rtol, atol=rtol * float(reference.abs().max()))
 
 
 def test_moments_are_averaged_once_in_place_and_then_closed():

@@ -26,6 +26,7 @@ from engine.progress import ProgressFn
 from engine.quant.layer_table import OUTPUT_LAYER, linear_layers
 from engine.quant.moments import LayerStats
 from engine.quant.precision import PassPrecision
+from engine.quant.windows import N_SPLITS, pack_windows, speaker_halves
 from engine.speech.audio import SAMPLE_RATE
 from engine.whisper.models import LoadedModel
 from engine.whisper.tokens import padded_rows
@@ -36,7 +37,6 @@ DECODER_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), 
                   ("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj"),
                   ("encoder_attn.out_proj",), ("fc1",), ("fc2",))
 SAMPLES_PER_ENCODER_FRAME = 320  # 160-sample hop, then the stride-2 convolution
-N_SPLITS = 2  # moments are kept in two clip-disjoint halves for held-out checks
 # Encoder padding frames in the moments: 1 = all (the default). Sampling one in N (each standing for N) is
 # faster but cost FADE accuracy on real speech (bench/results/pass_speed.md), so it is opt-in.
 PAD_STRIDE = 1
@@ -58,58 +58,58 @@ class TokenRows:
 
 @dataclass(frozen=True)
 class CalibrationData:
-    """Inputs of the pass: log-mel features, valid encoder frames, teacher-forced decoder tokens."""
+    """Inputs of the pass, one row per encoder window (a window may hold several recordings, windows.py):
+    log-mel features, valid encoder frames, teacher-forced decoder tokens, the half each window feeds."""
 
-    features: torch.Tensor  # (clips, mels, 3000)
-    frames: tuple[int, ...]  # encoder frames holding speech, per clip
-    tokens: tuple[tuple[int, ...], ...]  # decoder input ids per clip: prompt + transcript tokens
-    speakers: tuple[str, ...] = ()  # who speaks each clip; () when unknown
+    features: torch.Tensor  # (windows, mels, 3000)
+    frames: tuple[int, ...]  # encoder frames holding speech, per window
+    tokens: tuple[tuple[int, ...], ...]  # decoder input ids per window: prompt + transcript tokens
+    speakers: tuple[str, ...] = ()  # who speaks each window; () when unknown (used when halves is not given)
+    halves: tuple[int, ...] = ()  # which half of the moments each window feeds; () to derive from speakers
+    recordings: int = 0  # how many recordings the windows hold; 0: one each
 
     @property
     def n_clips(self) -> int:
+        """Encoder windows (what the pass's time grows with)."""
         return self.features.shape[0]
 
-    def split_of_clip(self) -> torch.Tensor:
-        """(clips,) which half of the moments each clip feeds.
+    @property
+    def n_recordings(self) -> int:
+        return self.recordings or self.n_clips
 
-        With more than one speaker the halves are speaker-disjoint (speakers dealt largest first to the
-        half with fewer clips), so a held-out check fits on some voices and is scored on others: a
-        correction that only suits one voice fails it. With one speaker (or none known) clips alternate,
-        so each half has every kind of clip."""
-        if len(set(self.speakers)) < N_SPLITS or len(self.speakers) != self.n_clips:
-            return torch.arange(self.n_clips) % N_SPLITS
-        counts: dict[str, int] = {}
-        for s in self.speakers:
-            counts[s] = counts.get(s, 0) + 1
-        half_of, sizes = {}, [0] * N_SPLITS
-        for speaker in sorted(counts, key=lambda s: (-counts[s], s)):
-            half = min(range(N_SPLITS), key=lambda h: (sizes[h], h))
-            half_of[speaker] = half
-            sizes[half] += counts[speaker]
-        return torch.tensor([half_of[s] for s in self.speakers])
+    def split_of_clip(self) -> torch.Tensor:
+        """(windows,) which half of the moments each window feeds: the given halves, else speaker-disjoint
+        halves when more than one speaker is known, else alternating (windows.speaker_halves)."""
+        if len(self.halves) == self.n_clips:
+            return torch.tensor(self.halves)
+        return torch.tensor(speaker_halves(self.n_clips, self.speakers))
 
     def padded_tokens(self, pad_token: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder input ids (clips, T) padded with pad_token, and the mask (clips, T) of real tokens."""
+        """Decoder input ids (windows, T) padded with pad_token, and the mask (windows, T) of real tokens."""
         return padded_rows(self.tokens, pad_token)
 
 
 def prepare_calibration(loaded: LoadedModel, audios: Sequence[np.ndarray], transcripts: Sequence[str] | None = None,
-                        speakers: Sequence[str] = ()) -> CalibrationData:
+                        speakers: Sequence[str] = (), per_window: int = 1) -> CalibrationData:
     """Features and decoder tokens; without transcripts the full-precision model's own output is used.
-    speakers (one per clip, optional) make the moments' two halves speaker-disjoint."""
+    speakers (one per recording, optional) make the moments' two halves speaker-disjoint; per_window > 1 packs
+    that many recordings of one half into each 30 s window (windows.pack_windows): fewer windows, a faster pass."""
     if transcripts is None:
         from engine.speech.transcribe import transcribe
 
         transcripts = transcribe(loaded, audios)
-    features = loaded.feature_extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    windows = pack_windows(audios, transcripts, speaker_halves(len(audios), speakers), per_window, SAMPLE_RATE)
+    features = loaded.feature_extractor(windows.audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
     t = loaded.tokens
     prompt = [t.start_of_transcript] + ([t.language_ids["<|en|>"], t.transcribe] if t.is_multilingual else [])
     prompt.append(t.no_timestamps)
     max_tokens = loaded.model.config.max_target_positions
-    tokens = tuple(tuple((prompt + t.encode(text) + [t.end_of_text])[:max_tokens]) for text in transcripts)
+    tokens = tuple(tuple((prompt + t.encode(text) + [t.end_of_text])[:max_tokens]) for text in windows.transcripts)
     limit = features.shape[-1] // 2
-    frames = tuple(min(limit, -(-len(a) // SAMPLES_PER_ENCODER_FRAME)) for a in audios)
-    return CalibrationData(features, frames, tokens, tuple(speakers))
+    frames = tuple(min(limit, -(-len(a) // SAMPLES_PER_ENCODER_FRAME)) for a in windows.audios)
+    # a window's speakers are known only when it holds one recording
+    return CalibrationData(features, frames, tokens, tuple(speakers) if per_window == 1 else (), windows.halves,
+                           len(audios))
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,8 @@ def quantize(
         block_records=block_records,
         size=size_report(model, {name: t.nbytes() for name, t in tensors.items()}, dropped),
         seconds=time.perf_counter() - start,
-        calibration=({"n_clips": calibration.n_clips} | ({"pass_precision": precision.name} if method.needs_moments else {})
+        calibration=({"n_clips": calibration.n_recordings, "windows": calibration.n_clips}
+                     | ({"pass_precision": precision.name} if method.needs_moments else {})
                      if calibration is not None else {}),
         activations=activations,
     )

@@ -17,6 +17,7 @@ from engine.quant.config import QuantConfig
 from engine.quant.layer_table import LayerSpec
 from engine.quant.quantize import QuantizationResult, quantize
 from engine.quant.registry import get_method
+from engine.quant.windows import RECORDINGS_PER_WINDOW
 from engine.speech.audio import load_audio
 from engine.speech.evaluate import EvalReport, Utterance, evaluate, load_dataset, mean_std, split_calibration
 from engine.speech.intervals import describe_delta, paired_delta, wer_interval
@@ -38,20 +39,23 @@ def calibration_clips(folders: str | Path | Sequence[str | Path], n_clips: int, 
     return chosen
 
 
-def build_calibration(loaded: LoadedModel, clips: Sequence[Utterance]) -> CalibrationData:
-    """Teacher-forced with the clips' own transcripts; the speakers make FADE's held-out halves disjoint."""
+def build_calibration(loaded: LoadedModel, clips: Sequence[Utterance],
+                      per_window: int = RECORDINGS_PER_WINDOW) -> CalibrationData:
+    """Teacher-forced with the clips' own transcripts; the speakers make FADE's held-out halves disjoint;
+    per_window clips of one half share a 30 s encoder window (engine/quant/windows.py)."""
     return prepare_calibration(loaded, [load_audio(u.path) for u in clips], [u.reference for u in clips],
-                               [u.speaker for u in clips])
+                               [u.speaker for u in clips], per_window)
 
 
 def calibration_for(loaded: LoadedModel, config: QuantConfig, folders: str | Path | Sequence[str | Path] | None,
-                    n_clips: int, seed: int, exclude: Sequence[Utterance] = ()) -> CalibrationData | None:
+                    n_clips: int, seed: int, exclude: Sequence[Utterance] = (),
+                    per_window: int = RECORDINGS_PER_WINDOW) -> CalibrationData | None:
     """The calibration pass input for config's method drawn by seed (None when the method needs none)."""
     if not get_method(config.method).needs_calibration(config):
         return None
     if folders is None:
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
-    return build_calibration(loaded, calibration_clips(folders, n_clips, seed, exclude))
+    return build_calibration(loaded, calibration_clips(folders, n_clips, seed, exclude), per_window)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ def quantize_and_evaluate(
     progress: ProgressFn | None = None,
     fallback: bool = False,
     precision: PassPrecision | None = None,
+    per_window: int = RECORDINGS_PER_WINDOW,
 ) -> list[SeedRun]:
     """One quantization + evaluation per calibration seed (one run only when the method needs no data).
 
@@ -82,7 +87,7 @@ def quantize_and_evaluate(
         raise DatasetError(f"Method '{config.method}' needs calibration audio (--calib DIR).")
     runs = []
     for seed in seeds if needs else [None]:
-        calibration = calibration_for(loaded, config, calib_folder, n_calib, seed, data) if needs else None
+        calibration = calibration_for(loaded, config, calib_folder, n_calib, seed, data, per_window) if needs else None
         start = time.perf_counter()
         result = quantize(loaded, config, calibration, layers=layers, progress=progress, precision=precision)
         if calibration is not None:

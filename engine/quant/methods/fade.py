@@ -31,7 +31,7 @@ import torch
 
 from engine.quant.config import FADEConfig
 from engine.quant.layer_table import LayerSpec
-from engine.quant.methods.gptq import damping_amount
+from engine.quant.methods.gptq import SOLVE_DTYPE, damping_amount
 from engine.quant.methods.qep import drift_product, qep_direction
 from engine.quant.methods.rtn_gptq_qep import corrected_outcome, layer_format
 from engine.quant.moments import LayerStats, Moments, output_error
@@ -40,9 +40,8 @@ from engine.quant.registry import LayerOutcome, register
 
 def _gain_curvature(drift: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:
     """g = tr(W (C - H^) D^T), h = tr(D H^ D^T) of the output-error quadratic on moments m.
-    drift: W (C - H^) on m, (out, in) float64; d: (out, in)."""
-    d = d.double()
-    return float((drift * d).sum()), float(((d @ m.hq) * d).sum())
+    drift: W (C - H^) on m, (out, in); d: (out, in), both SOLVE_DTYPE."""
+    return float((drift * d).sum()), float(((d @ m.hq.to(d.dtype)) * d).sum())
 
 
 def _heldout_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:
@@ -65,7 +64,7 @@ def fade_alpha(w: torch.Tensor, a: Moments, b: Moments, prior: float, damping: f
     alphas, shares = [], []
     drift_a, drift_b = drift_product(w, a), drift_product(w, b)  # each used by both directions
     for fit, check, drift_fit, drift_check in ((a, b, drift_a, drift_b), (b, a, drift_b, drift_a)):
-        d = qep_direction(w, fit, damping, drift_fit).double()
+        d = qep_direction(w, fit, damping, drift_fit).to(SOLVE_DTYPE)
         g_in = float((drift_fit * d).sum())
         # In sample D (H^ + lambda I) = W (C - H^), so tr(D H^ D^T) = g_in - lambda ||D||^2: no product needed.
         h_in = g_in - damping_amount(fit.hq, damping) * float((d * d).sum())

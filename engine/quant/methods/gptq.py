@@ -11,11 +11,25 @@ import torch
 
 from engine.quant.formats import IntFormat, QuantizedTensor, qparams
 
+# The solves' dtype (GPTQ's updates, QEP's direction, FADE's gains): float32, as the GPTQ and QEP reference
+# code run; the moments they read are float64 sums, and a factorization that fails in float32 is redone in
+# float64 (cholesky).
+SOLVE_DTYPE = torch.float32
+
+
+def cholesky(h: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of h (in, in), in h's dtype; from float64 when float32 rounding leaves the damped
+    matrix not positive definite."""
+    factor, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        factor = torch.linalg.cholesky(h.double()).to(h.dtype)
+    return factor
+
 
 def prepare_hessian(h: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Damped copy of H (in, in) and the mask of dead inputs (never active in calibration): dead inputs get
     1 on the diagonal, then every input gets damping_amount(h, damping)."""
-    h = h.double().clone()
+    h = h.to(SOLVE_DTYPE, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     h += damping_amount(h, damping) * torch.eye(h.shape[0], dtype=h.dtype)
@@ -34,7 +48,7 @@ def inverse_upper_factor(h: torch.Tensor) -> torch.Tensor:
     with J the reversal of rows and columns, J H J = L L^T gives H = R R^T with R = J L J upper triangular,
     so H^-1 = R^-T R^-1 and U = R^-1 (the reference factors H, inverts it and factors the inverse: 1.7x the
     time for fc2's 1536 inputs here, the same matrix to float64 rounding). h: (in, in) -> (in, in)."""
-    r = torch.linalg.cholesky(h.flip(0, 1)).flip(0, 1)
+    r = cholesky(h.flip(0, 1)).flip(0, 1)
     return torch.linalg.solve_triangular(r, torch.eye(h.shape[0], dtype=h.dtype), upper=True)
 
 
@@ -56,18 +70,18 @@ def gptq_quantize(
     group = in_features if fmt.group_size == -1 else fmt.group_size
     n_groups = in_features // group
     h, dead = prepare_hessian(h, damping)
-    W = w.double().clone()
+    W = w.to(SOLVE_DTYPE, copy=True)
     W[:, dead] = 0
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(in_features)
     W, h = W[:, perm], h[perm][:, perm]
     hinv = inverse_upper_factor(h)
 
-    scale = torch.zeros(out_features, n_groups, dtype=torch.float64)
-    zero = torch.zeros(out_features, n_groups, dtype=torch.float64)
+    scale = torch.zeros(out_features, n_groups, dtype=SOLVE_DTYPE)
+    zero = torch.zeros(out_features, n_groups, dtype=SOLVE_DTYPE)
     if act_order:  # static groups on the original column order
         for g in range(n_groups):
             s, z = qparams(w[:, g * group:(g + 1) * group].float(), fmt)
-            scale[:, g], zero[:, g] = s[:, 0].double(), z[:, 0].double()
+            scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
     # Rows of the transposed weight are its columns: each step reads and updates contiguous memory.
     Wt = W.T.contiguous()  # (in, out), in visiting order
     scale_t, zero_t = scale.T.contiguous(), zero.T.contiguous()  # (groups, out): a group's grid is one row
@@ -86,7 +100,7 @@ def gptq_quantize(
                 # Dynamic groups: the grid of a group is fitted when GPTQ reaches its first column.
                 rows = W1[i:i + group] if i + group <= len(W1) else torch.cat([W1[i:], Wt[i2:]])[:group]
                 s, z = qparams(rows.T.float(), fmt)
-                scale_t[g], zero_t[g] = s[:, 0].double(), z[:, 0].double()
+                scale_t[g], zero_t[g] = s[:, 0], z[:, 0]
             w_col, s_g, z_g = W1[i], scale_t[g], zero_t[g]
             c = (w_col / s_g).add_(z_g).round_().clamp_(0, fmt.maxq)  # formats.quantize_to_codes, in place
             codes_t[col] = c

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from engine.quant.methods.gptq import prepare_hessian
+from engine.quant.methods.gptq import SOLVE_DTYPE, cholesky, prepare_hessian
 from engine.quant.moments import Moments
 
 
 def drift_product(w: torch.Tensor, m: Moments) -> torch.Tensor:
-    """W (C - H^): (out, in) float64, the right-hand side of the direction's solve."""
-    return w.double() @ (m.cross - m.hq)
+    """W (C - H^): (out, in) in SOLVE_DTYPE, the right-hand side of the direction's solve (C - H^, a difference
+    of near-equal moments, taken in their float64)."""
+    return w.to(SOLVE_DTYPE) @ (m.cross - m.hq).to(SOLVE_DTYPE)
 
 
 def qep_direction(w: torch.Tensor, m: Moments, damping: float, drift: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,7 +27,7 @@ def qep_direction(w: torch.Tensor, m: Moments, damping: float, drift: torch.Tens
     h, dead = prepare_hessian(m.hq, damping)
     drift = drift_product(w, m) if drift is None else drift
     # Solve D H = W Hd rather than forming the inverse: D^T = H^-1 Hd^T W^T (H symmetric).
-    chol = torch.linalg.cholesky(h)
+    chol = cholesky(h)
     d = torch.cholesky_solve(drift.T, chol).T
     d[:, dead] = 0
     return d.to(w.dtype)

@@ -41,7 +41,7 @@ def _quantized(loaded: LoadedModel, point: Point, utterances) -> tuple[LoadedMod
     table = table_for(loaded.model, config.bits, config.group_size, config.quantize_output, point.preset,
                       point.overrides)
     calibration = calibration_for(loaded, config, point.calib, point.n_calib, point.seed, utterances)
-    calib = {} if calibration is None else {"folder": point.calib, "clips": calibration.n_clips, "seed": point.seed}
+    calib = {} if calibration is None else {"folder": point.calib, "clips": calibration.n_recordings, "seed": point.seed}
     result = quantize(loaded, config, calibration, layers=table)
     return result.loaded, result.size, result.seconds, {"config": config.to_dict(), "calibration": calib,
                                                        "fake_quant": True}  # scored in torch on float weights

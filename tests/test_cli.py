@@ -27,6 +27,8 @@ def test_models_lists_the_registry():
         (["transcribe", "no-such-file.wav"], "does not exist"),
         (["transcribe", "--model", "no-such-model", "sample_audio/demo-01.flac"], "not available"),
         (["eval", "--data", "no-such-folder"], "does not exist"),
+        (["transcribe", "--method", "gptq", "--bits", "4", "--n-calib", "4", "--per-window", "0",
+          "sample_audio/demo-01.flac"], "per window must be 1 or more"),
     ],
 )
 def test_user_errors_exit_2_with_one_sentence(args, expected):

@@ -33,7 +33,7 @@ TEST_SET = "librispeech-test-other"
 
 
 def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: str = "tiny.en",
-          precision: str | None = None, per_window: int | None = None) -> dict:
+          precision: str | None = None, per_window: int = RECORDINGS_PER_WINDOW) -> dict:
     from bench.common import speech
     from bench.methods import N_CALIB, REAL_CALIBRATION, peak_rss_mb
     from engine.quant.quantize import quantize
@@ -52,12 +52,10 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
             row["wer"] = evaluate(loaded, test_set).wer
         return row
     config = make_config(method, bits=bits, group_size=64)
-    folders = [speech(n) for n in REAL_CALIBRATION]
-    if per_window is None:  # what the checkout does by default (an earlier commit has no packing to choose)
-        calibration = calibration_for(loaded, config, folders, N_CALIB, seed, test_set)
-    else:
-        calibration = calibration_for(loaded, config, folders, N_CALIB, seed, test_set, per_window)
-    row["per_window"] = per_window or 1
+    # (a baseline checkout runs its own child, so this one always knows per_window)
+    calibration = calibration_for(loaded, config, [speech(n) for n in REAL_CALIBRATION], N_CALIB, seed, test_set,
+                                  per_window)
+    row["per_window"] = per_window
     row["windows"] = calibration.n_clips if calibration is not None else 0
     if precision is None:  # what the checkout does by default (an earlier commit has no precision to choose)
         result = quantize(loaded, config, calibration, pad_stride=pad_stride)
@@ -129,7 +127,7 @@ def main(argv=None) -> dict:
                         help="encoder padding frames per sampled one in the moments (default: the pass's own, all of them)")
     parser.add_argument("--per-window", type=int, nargs="+", default=[RECORDINGS_PER_WINDOW],
                         help="calibration clips sharing an encoder window (default: the pass's own)")
-    parser.add_argument("--child-per-window", type=int, help="the child's clips per window (default: the checkout's own)")
+    parser.add_argument("--child-per-window", type=int, default=RECORDINGS_PER_WINDOW, help="the child's clips per window")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=("auto", "float32", "bfloat16", "bfloat16-forward"),
                         help="the calibration pass's dtypes (engine/quant/precision.pass_precision)")

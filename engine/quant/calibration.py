@@ -64,8 +64,7 @@ class CalibrationData:
     features: torch.Tensor  # (windows, mels, 3000)
     frames: tuple[int, ...]  # encoder frames holding speech, per window
     tokens: tuple[tuple[int, ...], ...]  # decoder input ids per window: prompt + transcript tokens
-    speakers: tuple[str, ...] = ()  # who speaks each window; () when unknown (used when halves is not given)
-    halves: tuple[int, ...] = ()  # which half of the moments each window feeds; () to derive from speakers
+    halves: tuple[int, ...] = ()  # which half of the moments each window feeds (windows.speaker_halves); (): alternate
     recordings: int = 0  # how many recordings the windows hold; 0: one each
 
     @property
@@ -78,11 +77,8 @@ class CalibrationData:
         return self.recordings or self.n_clips
 
     def split_of_clip(self) -> torch.Tensor:
-        """(windows,) which half of the moments each window feeds: the given halves, else speaker-disjoint
-        halves when more than one speaker is known, else alternating (windows.speaker_halves)."""
-        if len(self.halves) == self.n_clips:
-            return torch.tensor(self.halves)
-        return torch.tensor(speaker_halves(self.n_clips, self.speakers))
+        """(windows,) which half of the moments each window feeds: the given halves, else alternating."""
+        return torch.tensor(self.halves if len(self.halves) == self.n_clips else speaker_halves(self.n_clips))
 
     def padded_tokens(self, pad_token: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder input ids (windows, T) padded with pad_token, and the mask (windows, T) of real tokens."""
@@ -107,9 +103,7 @@ def prepare_calibration(loaded: LoadedModel, audios: Sequence[np.ndarray], trans
     tokens = tuple(tuple((prompt + t.encode(text) + [t.end_of_text])[:max_tokens]) for text in windows.transcripts)
     limit = features.shape[-1] // 2
     frames = tuple(min(limit, -(-len(a) // SAMPLES_PER_ENCODER_FRAME)) for a in windows.audios)
-    # a window's speakers are known only when it holds one recording
-    return CalibrationData(features, frames, tokens, tuple(speakers) if per_window == 1 else (), windows.halves,
-                           len(audios))
+    return CalibrationData(features, frames, tokens, windows.halves, len(audios))
 
 
 @dataclass(frozen=True)

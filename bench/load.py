@@ -10,12 +10,13 @@ died, the history holds each finished run exactly once, and the worker started t
 order they arrived (from the server's log). Reports p50/p95 latency per kind of request, the share of busy
 answers and the memory of the server and its worker, against the workshop targets.
 
-    python -m bench.load [--users 30] [--seconds 600] [--threads priority|split|shared|W:T] [--out load]
+    python -m bench.load [--users 30] [--seconds 600] [--threads priority|split|shared|W:T] [--lanes N] [--out load]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import random
@@ -64,6 +65,7 @@ class Request:
     seconds: float
     message: str = ""
     run_id: str = ""
+    audio: str = ""  # the first 12 hex digits of the audio's digest, as the server logs it
 
 
 def free_port() -> int:
@@ -72,10 +74,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, threads: str) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, threads: str, lanes: int | None = None) -> subprocess.Popen:
     env = os.environ | {"ASRQ_PUBLIC": "1", "ASRQ_DATA_DIR": str(data_dir), "GRADIO_SERVER_PORT": str(port),
                         "GRADIO_TEMP_DIR": str(data_dir / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
                         "ASRQ_THREADS": threads}
+    env = env | ({"ASRQ_TRANSCRIPTION_LANES": str(lanes)} if lanes else {})
     return subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(data_dir / "server.log", "w"))
 
@@ -105,6 +108,7 @@ class MemoryWatch(threading.Thread):
         self.samples: list[tuple[float, float]] = []  # (seconds since start, PSS MB)
         self.rss_samples: list[tuple[float, float]] = []  # (seconds since start, RSS MB)
         self.peak_pss_by_process: dict[str, float] = {}  # "server" / the child's name -> its highest PSS, MB
+        self._cpu_by_pid: dict[int, tuple[str, float]] = {}  # pid -> (name, CPU seconds so far)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -118,6 +122,8 @@ class MemoryWatch(threading.Thread):
                         info = p.memory_full_info()
                         rss, pss = rss + info.rss, pss + info.pss
                         name = "server" if p.pid == self.process.pid else _child_name(p)
+                        times = p.cpu_times()
+                        self._cpu_by_pid[p.pid] = (name, times.user + times.system)
                         self.peak_pss_by_process[name] = max(self.peak_pss_by_process.get(name, 0.0), info.pss / 2**20)
                     except psutil.NoSuchProcess:
                         pass
@@ -126,6 +132,15 @@ class MemoryWatch(threading.Thread):
             now = time.monotonic() - start
             self.samples.append((now, pss / 2**20))
             self.rss_samples.append((now, rss / 2**20))
+
+
+    def cpu_seconds_by_process(self) -> dict[str, float]:
+        """CPU seconds each kind of process used (a worker restarted after a cancel counts with the others),
+        as last sampled."""
+        totals: dict[str, float] = {}
+        for name, seconds in self._cpu_by_pid.values():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
 
 
 def _child_name(process: psutil.Process) -> str:
@@ -180,24 +195,56 @@ def visitor(url: str, clips: list[Path], pool: list[np.ndarray], folder: Path, d
                 method, bits, calib_seed = rng.choice(settings)
                 args, endpoint = ("tiny.en", method, bits, 64, 0.75, calib_seed, ""), "/quantize"
             elif draw < QUANTIZE_SHARE + UPLOAD_SHARE:
-                upload = own_recording(pool, rng, folder)
-                args, endpoint = (handle_file(str(upload)), "tiny.en", None, run_id), "/transcribe upload"
+                path, endpoint = own_recording(pool, rng, folder), "/transcribe upload"
+                args = (handle_file(str(path)), "tiny.en", None, run_id)
             else:
-                args, endpoint = (handle_file(str(rng.choice(clips))), "tiny.en", None, run_id), "/transcribe demo"
+                path, endpoint = rng.choice(clips), "/transcribe demo"
+                args = (handle_file(str(path)), "tiny.en", None, run_id)
+            digest = "" if endpoint == "/quantize" else audio_digest(path)
             start = time.monotonic()
             try:
                 answer = client.predict(*args, api_name=endpoint.split()[0])
             except Exception as exc:  # the server's answer (gradio raises AppError) or a dropped connection
                 text = str(exc).replace("\n", " ")[:200]
                 outcome = "busy" if any(w in text for w in BUSY_WORDS) else "error"
-                out.append(Request(endpoint, outcome, time.monotonic() - start, text))
+                out.append(Request(endpoint, outcome, time.monotonic() - start, text, audio=digest))
                 continue
-            request = Request(endpoint, "ok", time.monotonic() - start)
+            request = Request(endpoint, "ok", time.monotonic() - start, audio=digest)
             if endpoint == "/quantize":
                 run_id = request.run_id = answer["run_id"]
             out.append(request)
     finally:
         client.close()
+
+
+@functools.lru_cache(maxsize=64)
+def audio_digest(path: Path) -> str:
+    """The audio's digest as the server computes and logs it (its decoded samples)."""
+    from engine.speech.audio import load_audio
+    from serving.transcription import audio_key
+
+    return audio_key(load_audio(path))[:12]
+
+
+TIMING_LINE = re.compile(r"transcription (?P<audio>[0-9a-f]{12}): [\d.]+ s audio, (?P<shared>\d+) of (?P<asked>\d+) "
+                         r"answers shared; read (?P<read>[\d.]+) s, room (?P<room>[\d.]+) s, load (?P<load>[\d.]+) s, "
+                         r"line\+model (?P<line>[\d.]+) s \(model (?P<model>[\d.]+) s\), total (?P<total>[\d.]+) s")
+SPLIT_PARTS = ("read", "room", "load", "line", "model", "total")
+
+
+def server_split(requests: list[Request], server_log: str) -> dict:
+    """Where the uploads' time went, from the server's timing lines matched to the visitors' answered uploads by
+    audio digest (an upload is new audio, so each digest is one request): p50/p95 of each part, and of the rest
+    of the visitor's time (sending the file, gradio's queue and answer), in seconds."""
+    lines = {m["audio"]: m for m in TIMING_LINE.finditer(server_log)}
+    matched = [(r, lines[r.audio]) for r in requests
+               if r.endpoint == "/transcribe upload" and r.outcome == "ok" and r.audio in lines]
+    parts = {part: [float(m[part]) for _, m in matched] for part in SPLIT_PARTS}
+    parts["outside"] = [r.seconds - float(m["total"]) for r, m in matched]
+    parts["shared answers"] = [float(m["shared"]) for _, m in matched]
+    return {"matched": len(matched),
+            **{part: {"p50": percentile(v, 0.5), "p95": percentile(v, 0.95), "mean": statistics.fmean(v) if v else None}
+               for part, v in parts.items()}}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -213,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--threads", default="priority",
                         help="the server's ASRQ_THREADS (priority, the public default; split, shared or W:T)")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="the server's ASRQ_TRANSCRIPTION_LANES (model calls at once; default: the policy's)")
     parser.add_argument("--out", default="load")
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 50 or not 10 <= args.seconds <= 900:
@@ -229,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         uploads.mkdir()
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
-        server = start_server(data_dir, port, args.threads)
+        server = start_server(data_dir, port, args.threads, args.lanes)
         try:
             wait_for(url, server)
             log.info("server up at %s; %d visitors for %.0f s", url, args.users, args.seconds)
@@ -237,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             watch.start()
             requests: list[Request] = []
             deadline = time.monotonic() + args.seconds
+            client_cpu = time.process_time()
             threads = [threading.Thread(target=visitor, args=(url, clips, pool, uploads, deadline, i, requests))
                        for i in range(args.users)]
             for t in threads:
@@ -244,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             for t in threads:
                 t.join(timeout=args.seconds + 900)
             watch.stop.set()
+            client_cpu = time.process_time() - client_cpu
             alive = server.poll() is None
             check = Client(url, verbose=False).predict(handle_file(str(clips[0])), "tiny.en", None, "",
                                                        api_name="/transcribe")[0] if alive else ""
@@ -254,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
             server.terminate()
             server.wait(timeout=30)
             server_log = (data_dir / "server.log").read_text()
-    report(args, requests, watch, alive, bool(check.strip()), history_ids, integrity, server_log)
+    report(args, requests, watch, alive, bool(check.strip()), history_ids, integrity, server_log, client_cpu)
 
 
 def started_in_arrival_order(server_log: str) -> tuple[bool, int]:
@@ -264,7 +315,7 @@ def started_in_arrival_order(server_log: str) -> tuple[bool, int]:
     return started == sorted(started), len(started)
 
 
-def report(args, requests, watch, alive, answers_after, history_ids, integrity, server_log) -> None:
+def report(args, requests, watch, alive, answers_after, history_ids, integrity, server_log, client_cpu) -> None:
     memory = watch.samples
     ok_runs = {r.run_id for r in requests if r.endpoint == "/quantize" and r.outcome == "ok"}
     endpoints = {}
@@ -299,7 +350,8 @@ def report(args, requests, watch, alive, answers_after, history_ids, integrity, 
                 ("errors", "0", sum(e["error"] for e in endpoints.values()),
                  all(e["error"] == 0 for e in endpoints.values())),
                 ("server + worker peak memory (PSS)", f"<= {TARGET_PEAK_MB} MB", peak, peak <= TARGET_PEAK_MB)]
-    data = {"users": args.users, "seconds": args.seconds, "threads": args.threads, "endpoints": endpoints,
+    data = {"users": args.users, "seconds": args.seconds, "threads": args.threads, "lanes": args.lanes,
+            "endpoints": endpoints,
             "checks": checks, "busy_share": busy_share, "jobs_started": jobs_started,
             "targets": [{"target": t, "limit": limit, "measured": v, "met": met} for t, limit, v, met in targets],
             "peak_pss_mb": peak, "peak_rss_sum_mb": peak_rss,
@@ -309,6 +361,9 @@ def report(args, requests, watch, alive, answers_after, history_ids, integrity, 
             "pss_max_mb_per_minute": [round(per_minute[m]) for m in sorted(per_minute)],
             "distinct_runs": len(ok_runs), "history_rows": len(history_ids),
             "errors": sorted({r.message for r in requests if r.outcome == "error"})[:20],
+            "upload_split": server_split(requests, server_log),
+            "cpu_seconds": {**{k: round(v, 1) for k, v in watch.cpu_seconds_by_process().items()},
+                            "load client (this process: visitors, memory sampling)": round(client_cpu, 1)},
             "requests": [asdict(r) for r in requests]}
     if not all(v is True or v == "ok" for v in checks.values()):
         data["server_log_tail"] = server_log[-3000:]
@@ -341,6 +396,20 @@ def report(args, requests, watch, alive, answers_after, history_ids, integrity, 
               f"| visitors' jobs started by the worker | {jobs_started} |", "",
               "Latency is from the visitor's side: a quantization waits for the jobs ahead of it in the worker (one at "
               "a time); busy answers come at once."]
+    split = data["upload_split"]
+    lines += ["", f"Where the answered uploads' time went ({split['matched']} matched to the server's timing lines by "
+              "audio digest): decoding and shared-answer lookup (read), waiting for a place in the transcription room "
+              "(room), loading the run's model (load), the line for the CPU and the model calls (line+model, of it the "
+              "calls that answered it: model), the server's total, and the rest of the visitor's time (outside: "
+              "sending the file, gradio's queue and answer).", "",
+              "| part | p50 s | p95 s | mean s |", "| --- | ---: | ---: | ---: |",
+              *[f"| {part} | {fmt(split[part]['p50'])} | {fmt(split[part]['p95'])} | {fmt(split[part]['mean'])} |"
+                for part in (*SPLIT_PARTS, "outside")]]
+    cores = len(os.sched_getaffinity(0))
+    lines += ["", f"CPU seconds used (server and worker since they started, the load client during the visits; "
+              f"{cores} cores x {args.seconds:.0f} s = {cores * args.seconds:.0f} available, and the load client "
+              "shares the machine with the server): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in data["cpu_seconds"].items()) + "."]
     if data["errors"]:
         lines += ["", "Errors:", *[f"- {e}" for e in data["errors"]]]
     write_results(args.out, data, "\n".join(lines))

@@ -9,7 +9,7 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import (batching, deployment, deployment_draws, foundation, fuzz_audio, kernels, load, methods, personalization,
+from bench import (batching, deployment, deployment_draws, foundation, fuzz_audio, kernels, lanes, load, methods, personalization,
                    quant_memory, sweep_speed, whisper_cpp_build)
 from bench.common import REPO
 
@@ -86,7 +86,9 @@ def main() -> None:
     personalization.main([])
     fuzz_audio.main([])
     batching.main([])
-    load.main([])  # 30 visitors, 10 min, public mode: transcriptions before the (niced) worker on every core
+    lanes.main([])  # an upload's two transcripts: one call after the other on every core, or both at once
+    load.main([])  # 30 visitors, 10 min, public mode: two transcription lanes before the (niced) worker
+    load.main(["--lanes", "1", "--out", "load-one-lane"])  # the same with one model call at a time on every core
     load.main(["--threads", "split", "--out", "load-split"])  # the same with the cores split between the two
     load.main(["--threads", "shared", "--out", "load-shared"])  # the same with both on every core
 

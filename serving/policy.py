@@ -18,6 +18,9 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
                                 so a transcription takes the cores from a job whenever it runs; "shared": both use
                                 every core at the same priority, as torch does (the private default: one person
                                 rarely transcribes while a job runs). Measured in bench/results/load*.md.
+    ASRQ_TRANSCRIPTION_LANES=2  model calls the server runs at once, each on its share of the transcription
+                                threads (default: 2 in priority mode on 2 or more cores, else 1); two lanes
+                                answer an upload's full-precision and quantized transcripts side by side
 """
 
 from __future__ import annotations
@@ -74,14 +77,15 @@ class ServingPolicy:
     # torch threads of the worker process and of the server's transcriptions; None: torch's default (all cores,
     # so the two compete). A heavy job and a visitor's transcription then never wait on each other's threads.
     worker_threads: int | None = None
-    transcribe_threads: int | None = None
+    transcribe_threads: int | None = None  # per model call
+    transcription_lanes: int = 1  # model calls at once in the server
     # niceness of the worker process (0-19): above 0 the kernel's scheduler gives a transcription the cores a
     # running job also wants, and the job gets them back the moment transcriptions stop
     worker_nice: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
-                     "kept_results", "kept_artifacts"):
+                     "kept_results", "kept_artifacts", "transcription_lanes"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f"{name} must be positive, not {getattr(self, name)}.")
         for name in ("worker_threads", "transcribe_threads"):
@@ -123,6 +127,9 @@ class ServingPolicy:
         if env.get("ASRQ_WARM_UP", "").strip():
             text = env["ASRQ_WARM_UP"].strip()
             warm_up["warm_up"] = () if text.lower() == "none" else tuple(i.strip() for i in text.split(",") if i.strip())
+        if env.get("ASRQ_TRANSCRIPTION_LANES", "").strip():
+            total = warm_up.get("transcribe_threads", available_cores()) * warm_up.get("transcription_lanes", 1)
+            warm_up.update(_lanes_from(env["ASRQ_TRANSCRIPTION_LANES"], total))
         if public:
             return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
         return cls(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
@@ -130,12 +137,15 @@ class ServingPolicy:
     @property
     def thread_split(self) -> str:
         """In words, for the log and the load test's table."""
+        transcription = f"transcription {self.transcribe_threads or 'all'} threads"
+        if self.transcription_lanes > 1:
+            transcription = (f"transcription {self.transcription_lanes} calls at once, {self.transcribe_threads or 'all'} "
+                             f"thread{'s' if self.transcribe_threads != 1 else ''} each")
         if self.worker_nice:
-            return (f"priority (worker {self.worker_threads or 'all'} threads at niceness {self.worker_nice} : "
-                    f"transcription {self.transcribe_threads or 'all'} threads)")
-        if self.worker_threads is None and self.transcribe_threads is None:
+            return f"priority (worker {self.worker_threads or 'all'} threads at niceness {self.worker_nice} : {transcription})"
+        if self.worker_threads is None and self.transcribe_threads is None and self.transcription_lanes == 1:
             return "shared (every core to both)"
-        return f"worker {self.worker_threads or 'all'} : transcription {self.transcribe_threads or 'all'} threads"
+        return f"worker {self.worker_threads or 'all'} : {transcription}"
 
     def apply_transcription_threads(self) -> None:
         """Give this process (the server: its transcriptions) its share of the cores; the worker sets its own.
@@ -169,7 +179,11 @@ def _threads_from(text: str) -> dict:
     if text == "shared":
         return {}
     if text == "priority":
-        return {"worker_nice": LOWEST_PRIORITY}
+        # two model calls at once on half the cores each: on 2 cores an upload's two transcripts came in 0.61x the
+        # time of one 2-thread call after the other (bench/results/lanes.md), and a visitor's call waits less
+        lanes = 2 if available_cores() >= 2 else 1
+        return {"worker_nice": LOWEST_PRIORITY, "transcription_lanes": lanes,
+                "transcribe_threads": available_cores() // lanes}
     if text == "split":
         worker, transcribe = split_threads(available_cores())
         return {"worker_threads": worker, "transcribe_threads": transcribe}
@@ -177,3 +191,12 @@ def _threads_from(text: str) -> dict:
     if not (worker.isdigit() and transcribe.isdigit()):
         raise PolicyError(f"ASRQ_THREADS must be 'split', 'priority', 'shared' or two thread counts like 1:1, not {text!r}.")
     return {"worker_threads": int(worker), "transcribe_threads": int(transcribe)}
+
+
+def _lanes_from(text: str, total_threads: int) -> dict:
+    """ASRQ_TRANSCRIPTION_LANES: model calls at once, sharing the transcription's ``total_threads``."""
+    text = text.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise PolicyError(f"ASRQ_TRANSCRIPTION_LANES must be a whole number of 1 or more, not {text!r}.")
+    lanes = int(text)
+    return {"transcription_lanes": lanes, "transcribe_threads": max(1, total_threads // lanes)}

@@ -1,14 +1,16 @@
-"""Transcriptions for every visitor of one server: bounded, one at a time on the CPU, and shared.
+"""Transcriptions for every visitor of one server: bounded, in arrival order on a few lanes of the CPU, and shared.
 
 In a workshop most requests transcribe the same demo clips with the same few models, so each answer is
 kept by (audio content, model, run, decoding) and handed to the next visitor who asks for it without
 touching the model. Audio is keyed by its decoded samples, so the same clip uploaded under another name
-or served from gradio's cache is the same key. Requests that wait for the CPU while another runs are
-answered in arrival order and together: whoever gets the CPU next transcribes the oldest waiting request with
-the others waiting for its model in one batch (up to ``max_batch``), so a queue of uploads is worked off in
-fewer, wider model calls and no request is overtaken by a later one for another model. A request that needs
-two models (an upload: full precision and the visitor's run) waits in the line once and is answered by both
-in that one turn.
+or served from gradio's cache is the same key. Requests wait in one line, worked off in arrival order by
+``lanes`` model calls at once (threads of the desk's own, started while the line is not empty): a free lane
+takes the oldest waiting request with the others waiting for its model in one batch (up to ``max_batch``),
+so a queue of uploads is worked off in fewer, wider model calls and no request is overtaken by a later one
+for another model. A request that needs two models (an upload: full precision and the visitor's run) joins
+the line once with both, and with two lanes both run at the same time. On 2 cores two calls of 1 torch thread
+each answered such a request in 0.61x the time of one 2-thread call after the other
+(bench/results/lanes.md).
 
 Two bounded rooms, one place per session in each: ``reading`` for decoding a request's audio and looking up
 shared answers (quick), ``entered`` for the requests that need the model. A shared answer never waits for,
@@ -64,20 +66,26 @@ def audio_key(audio: np.ndarray) -> str:
 
 class TranscriptionDesk:
     """At most ``capacity`` transcriptions running or waiting (one per session); ``kept`` answers shared;
-    waiting requests for one model answered ``max_batch`` at a time (1: one by one)."""
+    waiting requests for one model answered ``max_batch`` at a time (1: one by one), ``lanes`` model calls at
+    once."""
 
-    def __init__(self, capacity: int = 8, kept: int = 2048, max_batch: int = 4):
+    def __init__(self, capacity: int = 8, kept: int = 2048, max_batch: int = 4, lanes: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, not {lanes}")
         self.admission = Admission(capacity, "transcription")
         # as many as the transcription room: the decoding memory bound (docs/threat-model.md) stays what it was
         self.reading_room = Admission(capacity, "transcription")
         self._kept = kept
         self.max_batch = max_batch
         self._answers: OrderedDict[tuple[str, str, str], Transcript] = OrderedDict()
-        self._answers_lock = threading.Lock()  # guards _answers and _waiting
-        self._waiting: list[_Waiting] = []
-        self._cpu = threading.Lock()  # one model call at a time: two would only share the same cores
+        self._answers_lock = threading.Lock()  # guards _answers, _pending, _waiting and _runners
+        self._pending: dict[tuple[str, str, str], Future] = {}  # answers waited for: each key in the line once
+        self._waiting: list[_Waiting] = []  # the line, oldest first
+        self.lanes = lanes
+        self._lanes = threading.Semaphore(lanes)  # held by a runner during each model call
+        self._runners = 0  # the desk's threads working off the line (at most ``lanes``), under _answers_lock
         self.model_calls = 0
         self.batch_sizes: list[int] = []  # of the last model calls (bounded), for the load test and checks
 
@@ -137,64 +145,99 @@ class TranscriptionDesk:
 
     def transcribe(self, loaded: LoadedModel, model_key: str, audio: np.ndarray, digest: str | None = None) -> Transcript:
         """The transcript of ``audio`` by ``loaded`` (named ``model_key``: a model name, or name/run id)."""
-        return self.transcribe_each([(loaded, model_key)], audio, digest)[0]
+        return self.transcribe_each([(lambda: loaded, model_key)], audio, digest)[0]
 
-    def transcribe_each(self, models: list[tuple[LoadedModel, str]], audio: np.ndarray,
+    def transcribe_each(self, models: list[tuple[Callable[[], LoadedModel], str]], audio: np.ndarray,
                         digest: str | None = None) -> list[Transcript]:
-        """The transcripts of one ``audio`` by several models ((loaded, model_key) each), in one turn on the CPU:
-        a request that needs two models (full precision and its quantized run) waits in the line once, not
-        once per model."""
+        """The transcripts of one ``audio`` by several models ((load, model_key) each, ``load`` giving the model):
+        a request that needs two models (full precision and its quantized run) joins the line with both. A model
+        is loaded only for an answer not kept, and each joins the line as soon as it is loaded, so full
+        precision's call runs while the run loads. An answer another request is already waiting for (the same
+        clip and model) is that request's answer, not a second model call. A failing load raises after the
+        models before it joined the line (their answers are kept for whoever asks)."""
         digest = digest or audio_key(audio)
-        answers: list[Transcript | None] = [self._shared((digest, key, DECODING)) for _, key in models]
-        mine = [_Waiting((digest, key, DECODING), loaded, audio) for (loaded, key), found in zip(models, answers)
-                if found is None]
-        if mine:
-            with self._answers_lock:
-                self._waiting.extend(mine)
-            with self._cpu:
-                # Whoever holds the CPU works off the line from its oldest request, not from its own: a lock
-                # hands itself to no one in particular, so serving one's own first let newcomers overtake a
-                # request for another model again and again (uploads waited 40-50 s at the 95th percentile).
-                while not all(waiting.answer.done() for waiting in mine):
-                    with self._answers_lock:
-                        oldest = self._waiting[0]
-                    self._run_batch(oldest)
-        made = iter(mine)
-        return [found or next(made).answer.result() for found in answers]
+        answers: list[Transcript | Future | None] = []
+        with self._answers_lock:
+            for _, model_key in models:
+                found = self._answers.get((digest, model_key, DECODING))
+                if found is not None:
+                    self._answers.move_to_end((digest, model_key, DECODING))
+                answers.append(None if found is None else Transcript(found.text, found.seconds, shared=True))
+        for i, (load, model_key) in enumerate(models):
+            if answers[i] is None:
+                answers[i] = self._join(load, (digest, model_key, DECODING), audio)
+        return [a.result() if isinstance(a, Future) else a for a in answers]
 
-    def _run_batch(self, mine: _Waiting) -> None:
-        """Under the CPU lock: answer ``mine`` (the oldest waiting request) and the next requests waiting for the
-        same model, in one call."""
+    def _join(self, load: Callable[[], LoadedModel], key: tuple[str, str, str], audio: np.ndarray) -> Future:
+        """The future answer for ``key``: the one already waited for, else a new place in the line (a runner
+        started if a lane has none)."""
         with self._answers_lock:
-            batch = [w for w in self._waiting if w.loaded is mine.loaded and w.key[1:] == mine.key[1:]]
-            batch = [mine] + [w for w in batch if w is not mine][: self.max_batch - 1]
-            for w in batch:
-                self._waiting.remove(w)
-        todo: dict[tuple[str, str, str], list[_Waiting]] = {}
+            pending = self._pending.get(key)
+        if pending is not None:
+            return pending
+        loaded = load()  # outside the lock: a model load takes a second; others keep joining and leaving meanwhile
+        with self._answers_lock:
+            found = self._answers.get(key)
+            if found is not None:  # answered while this one loaded
+                done: Future = Future()
+                done.set_result(Transcript(found.text, found.seconds, shared=True))
+                return done
+            if key in self._pending:
+                return self._pending[key]
+            waiting = _Waiting(key, loaded, audio)
+            self._pending[key] = waiting.answer
+            self._waiting.append(waiting)
+            start = self._runners < self.lanes
+            self._runners += start
+        if start:
+            threading.Thread(target=self._work_off, name="asrq-transcribe", daemon=True).start()
+        return waiting.answer
+
+    def _work_off(self) -> None:
+        """A runner: in a free lane, answer the oldest waiting request (with the others for its model) until the
+        line is empty. Always the oldest, never the runner's own: uploads once waited 40-50 s at the 95th
+        percentile while newcomers for other models overtook them."""
+        while True:
+            with self._lanes:
+                with self._answers_lock:
+                    if not self._waiting:
+                        self._runners -= 1
+                        return
+                    batch = self._take_batch(self._waiting[0])
+                self._run_batch(batch)
+
+    def _take_batch(self, oldest: _Waiting) -> list[_Waiting]:
+        """Under _answers_lock: ``oldest`` and the next requests waiting for the same model, out of the line."""
+        same = [w for w in self._waiting if w.loaded is oldest.loaded and w.key[1:] == oldest.key[1:]]
+        batch = [oldest] + [w for w in same if w is not oldest][: self.max_batch - 1]
         for w in batch:
-            found = self._shared(w.key)  # answered since it asked (the same clip from another visitor)
-            if found is not None:
-                w.answer.set_result(found)
-            else:
-                todo.setdefault(w.key, []).append(w)
-        if not todo:
-            return
-        start = time.perf_counter()
+            self._waiting.remove(w)
+        return batch
+
+    def _run_batch(self, batch: list[_Waiting]) -> None:
+        """In a lane: answer the requests of ``batch`` (one model, each clip once) in one call."""
         try:
-            texts = transcribe(mine.loaded, [same[0].audio for same in todo.values()])
-        except Exception as exc:  # every request of the batch gets the failure, none waits forever
-            for same in todo.values():
-                for w in same:
-                    w.answer.set_exception(exc)
+            start = time.perf_counter()
+            texts = transcribe(batch[0].loaded, [w.audio for w in batch])
+            seconds = time.perf_counter() - start
+        except Exception as exc:  # every request of the batch (and whoever follows it) gets the failure, none waits
+            with self._answers_lock:
+                for w in batch:
+                    self._pending.pop(w.key, None)
+            for w in batch:
+                w.answer.set_exception(exc)
             return
-        seconds = time.perf_counter() - start
-        self.model_calls += 1
-        self.batch_sizes = (self.batch_sizes + [len(todo)])[-1000:]
         with self._answers_lock:
-            for (key, same), text in zip(todo.items(), texts):
-                answer = Transcript(text, seconds)
-                self._answers[key] = answer
-                for w in same:
-                    w.answer.set_result(answer)
+            self.model_calls += 1
+            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            waiting = len(self._waiting)
+        log.info("model call %s: %d clip(s), %.1f s of audio, %.3f s; %d waiting", batch[0].key[1], len(batch),
+                 sum(len(w.audio) for w in batch) / 16000, seconds, waiting)
+        with self._answers_lock:
+            for w, text in zip(batch, texts):
+                self._answers[w.key] = Transcript(text, seconds)
+                self._pending.pop(w.key, None)
             while len(self._answers) > self._kept:
                 self._answers.popitem(last=False)
+        for w, text in zip(batch, texts):
+            w.answer.set_result(Transcript(text, seconds))

@@ -44,7 +44,13 @@ def test_public_mode_gives_transcriptions_priority_and_threads_are_configurable(
     assert split_threads(1) == (1, 1) and split_threads(2) == (1, 1) and split_threads(5) == (2, 3)
     monkeypatch.setattr("serving.policy.available_cores", lambda: 4)
     public = ServingPolicy.from_env({"ASRQ_PUBLIC": "1"})  # uploads 12 s at p95 against 29 s split (load*.md)
-    assert (public.worker_threads, public.transcribe_threads, public.worker_nice) == (None, None, 19)
+    # two model calls at once, each on half the cores (an upload's two transcripts side by side)
+    assert (public.worker_threads, public.transcribe_threads, public.worker_nice) == (None, 2, 19)
+    assert public.transcription_lanes == 2 and "2 calls at once, 2 threads each" in public.thread_split
+    one_lane = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_TRANSCRIPTION_LANES": "1"})
+    assert (one_lane.transcription_lanes, one_lane.transcribe_threads) == (1, 4)  # one call on every core
+    four = ServingPolicy.from_env({"ASRQ_THREADS": "1:3", "ASRQ_TRANSCRIPTION_LANES": "3"})
+    assert (four.transcription_lanes, four.transcribe_threads) == (3, 1)
     split = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "split"})
     assert (split.worker_threads, split.transcribe_threads) == (2, 2)
     private = ServingPolicy.from_env({})  # one person: a job may use every core
@@ -54,7 +60,9 @@ def test_public_mode_gives_transcriptions_priority_and_threads_are_configurable(
     assert (shared.worker_threads, shared.transcribe_threads) == (None, None)
     assert ServingPolicy.from_env({"ASRQ_THREADS": "1:3"}).thread_split == "worker 1 : transcription 3 threads"
     priority = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "priority"})
-    assert (priority.worker_threads, priority.transcribe_threads, priority.worker_nice) == (None, None, 19)
+    assert (priority.worker_threads, priority.transcribe_threads, priority.worker_nice) == (None, 2, 19)
+    monkeypatch.setattr("serving.policy.available_cores", lambda: 1)
+    assert ServingPolicy.from_env({"ASRQ_PUBLIC": "1"}).transcription_lanes == 1  # one core: one call at a time
     assert "niceness 19" in priority.thread_split
 
 
@@ -65,6 +73,8 @@ def test_public_mode_gives_transcriptions_priority_and_threads_are_configurable(
     ({"ASRQ_ALLOWED_MODELS": "../weights"}, "not a hub id"),
     ({"ASRQ_ALLOWED_MODELS": "/abs/path"}, "not a hub id"),
     ({"ASRQ_WARM_UP": "fade"}, "not of the form method:bits"),
+    ({"ASRQ_TRANSCRIPTION_LANES": "0"}, "ASRQ_TRANSCRIPTION_LANES must be"),
+    ({"ASRQ_TRANSCRIPTION_LANES": "two"}, "ASRQ_TRANSCRIPTION_LANES must be"),
 ])
 def test_bad_settings_are_refused_in_one_sentence(env, message):
     with pytest.raises(PolicyError, match=message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,6 +25,24 @@ class SlowLoader:
         if name == "broken":
             raise OSError("disk gone")
         return f"model {name}"
+
+
+@contextmanager
+def lanes_taken(desk: TranscriptionDesk):
+    """Every lane of the desk busy (as if transcriptions were running): requests queue in its line."""
+    for _ in range(desk.lanes):
+        desk._lanes.acquire()
+    try:
+        yield
+    finally:
+        for _ in range(desk.lanes):
+            desk._lanes.release()
+
+
+def wait_until(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_one_load_in_flight_per_model_and_none_holds_up_a_cached_model():
@@ -98,41 +117,17 @@ def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
     alone = [TranscriptionDesk(max_batch=1).transcribe(tiny, "tiny.en", a).text for a in audios]
     desk = TranscriptionDesk(max_batch=4)
     answers: dict[int, str] = {}
-    with desk._cpu:  # a transcription is running: the three requests queue behind it
+    with lanes_taken(desk):  # a transcription is running: the three requests (and a repeat) queue behind it
         threads = [threading.Thread(target=lambda i=i: answers.update({i: desk.transcribe(tiny, "tiny.en",
-                                                                                          audios[i]).text}))
-                   for i in range(3)]
+                                                                                          audios[i % 3]).text}))
+                   for i in range(4)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 30
-        while len(desk._waiting) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(desk._waiting) == 3 and len(answers) == 0 and all(t.is_alive() for t in threads))
     for t in threads:
         t.join(timeout=120)
-    assert desk.model_calls == 1 and desk.batch_sizes == [3]
-    assert [answers[i] for i in range(3)] == alone  # batched greedy decoding gives each clip its own transcript
-
-
-class _LastComerFirstLock:
-    """A lock that, when released, goes to the thread that asked for it last (allowed by a lock's contract)."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._held = False
-        self._asking: list[int] = []
-
-    def __enter__(self):
-        me = threading.get_ident()
-        with self._cond:
-            self._asking.append(me)
-            self._cond.wait_for(lambda: not self._held and self._asking[-1] == me)
-            self._asking.remove(me)
-            self._held = True
-
-    def __exit__(self, *exc):
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
+    assert desk.model_calls == 1 and desk.batch_sizes == [3]  # the repeat waited for the first one's answer
+    assert [answers[i] for i in range(4)] == alone + alone[:1]  # batched greedy decoding: each clip its own text
 
 
 def test_waiting_requests_for_different_models_are_answered_in_arrival_order(tiny, monkeypatch):
@@ -150,19 +145,67 @@ def test_waiting_requests_for_different_models_are_answered_in_arrival_order(tin
 
     monkeypatch.setattr(desk_module, "transcribe", observed)
     desk = TranscriptionDesk(max_batch=4)
-    desk._cpu = _LastComerFirstLock()  # a lock may wake any waiter: this one wakes the newest
     threads = []
-    with desk._cpu:  # a transcription is running; four requests for four runs queue one after another
+    with lanes_taken(desk):  # a transcription is running; four requests for four runs queue one after another
         for i, audio in enumerate(audios):
             threads.append(threading.Thread(target=desk.transcribe, args=(tiny, f"tiny.en/run{i}", audio)))
             threads[-1].start()
-            deadline = time.monotonic() + 30
-            while len(desk._waiting) < i + 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: len(desk._waiting) == i + 1)
     for t in threads:
         t.join(timeout=120)
-    # whichever thread the lock picks next, the line is worked off from its oldest request
     assert order == [len(a) for a in audios] and desk.model_calls == 4
+
+
+def test_two_lanes_answer_a_request_for_two_models_at_the_same_time(monkeypatch):
+    import serving.transcription as desk_module
+
+    both_running = threading.Barrier(2, timeout=30)  # passes only when two model calls run at once
+
+    def call(loaded, batch):
+        both_running.wait()
+        return [f"{loaded} heard {len(a)} samples" for a in batch]
+
+    monkeypatch.setattr(desk_module, "transcribe", call)
+    audio = np.zeros(16000, dtype=np.float32)
+    desk = TranscriptionDesk(lanes=2)
+    answers = desk.transcribe_each([(lambda: "full", "tiny.en"), (lambda: "run", "tiny.en/0123456789ab")], audio)
+    assert [a.text for a in answers] == ["full heard 16000 samples", "run heard 16000 samples"]
+    assert desk.model_calls == 2 and not both_running.broken
+    wait_until(lambda: desk._runners == 0)
+    assert desk._runners == 0  # the runners left with the line empty
+
+    full_running = threading.Event()
+
+    def heard(loaded, batch):
+        full_running.set()
+        return [f"{loaded} heard" for _ in batch]
+
+    def load_run():  # a run loading from disk: only returns once full precision's call is running
+        assert full_running.wait(timeout=30)
+        return "run"
+
+    monkeypatch.setattr(desk_module, "transcribe", heard)
+    desk = TranscriptionDesk(lanes=1)
+    answers = desk.transcribe_each([(lambda: "full", "tiny.en"), (load_run, "tiny.en/0123456789ab")], audio)
+    assert [a.text for a in answers] == ["full heard", "run heard"]
+
+    def pruned():
+        raise OSError("the run's save is gone")
+
+    other = np.ones(8000, dtype=np.float32)
+    with pytest.raises(OSError, match="gone"):  # the load's failure reaches the visitor ...
+        desk.transcribe_each([(lambda: "full", "tiny.en"), (pruned, "tiny.en/0123456789ab")], other)
+    wait_until(lambda: desk.shared("tiny.en", audio_key(other)) is not None)
+    assert desk.shared("tiny.en", audio_key(other)).text == "full heard"  # ... full precision's answer is kept
+
+    def broken(loaded, batch):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(desk_module, "transcribe", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):  # the failure reaches the visitor, nobody hangs
+        desk.transcribe(("full"), "tiny.en", np.ones(16000, dtype=np.float32))
+    with pytest.raises(ValueError, match="lanes"):
+        TranscriptionDesk(lanes=0)
 
 
 @pytest.mark.slow
@@ -171,15 +214,13 @@ def test_a_request_for_two_models_waits_in_line_once(tiny):
     from engine.speech.samples import sample_clips
 
     audio = load_audio(next(c.path for c in sample_clips() if c.group == "demo"))
-    models = [(tiny, "tiny.en"), (tiny, "tiny.en/0123456789ab")]
+    models = [(lambda: tiny, "tiny.en"), (lambda: tiny, "tiny.en/0123456789ab")]
     desk = TranscriptionDesk()
     answers: list = []
-    with desk._cpu:  # a transcription is running: the request queues both its models behind it at once
+    with lanes_taken(desk):  # a transcription is running: the request queues both its models behind it at once
         thread = threading.Thread(target=lambda: answers.extend(desk.transcribe_each(models, audio)))
         thread.start()
-        deadline = time.monotonic() + 30
-        while len(desk._waiting) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(desk._waiting) == 2)
         assert len(desk._waiting) == 2
     thread.join(timeout=120)
     assert desk.model_calls == 2 and [a.text for a in answers] == [answers[0].text] * 2  # same weights here
@@ -325,3 +366,19 @@ def test_a_finished_run_is_remembered_without_loading_its_model(tmp_path):
         store.model(runs[0])
     (tmp_path / runs[0]).rmdir()
     assert store.finished_summary(runs[0]) is None  # its folder was pruned: asking again needs a job
+
+
+def test_the_load_test_reads_the_servers_timing_line(caplog):
+    import logging
+
+    from bench.load import TIMING_LINE
+    from serving.transcription import Transcript
+    from ui.handlers import _log_timing
+
+    audio = np.zeros(48000, dtype=np.float32)
+    times = {"start": 0.0, "read": 0.01, "entered": 0.02, "load": 0.5}
+    with caplog.at_level(logging.INFO, logger="ui.handlers"):
+        _log_timing(audio_key(audio), audio, [Transcript("a", 1.25, shared=True), Transcript("b", 2.0)], times)
+    found = TIMING_LINE.search(caplog.text)
+    assert found is not None and found["audio"] == audio_key(audio)[:12]
+    assert (found["shared"], found["asked"], found["load"], found["model"]) == ("1", "2", "0.500", "2.000")

@@ -76,7 +76,8 @@ class Explorer:
                                                                              nice=self.policy.worker_nice))
         self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
                                                    self.policy.kept_artifacts, base_model=self.models.peek)
-        self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS)
+        self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS,
+                                                                          lanes=self.policy.transcription_lanes)
         self.jobs.on_idle_result = self._answer_demos_ahead
 
     def close(self) -> None:
@@ -401,6 +402,7 @@ class Explorer:
         Returns (fp text, quantized word diff, details markdown).
         """
         session, desk = getattr(request, "session_hash", None), self.transcriptions
+        times = {"start": time.perf_counter()}
         try:
             with desk.reading(session):
                 self._check_model(model_name)
@@ -408,19 +410,21 @@ class Explorer:
                     self.results.check(run_id)  # an unknown run id: refused before decoding
                 audio = self._audio(audio_path)
                 digest = audio_key(audio)
-            # Models are loaded only for the answers not kept: a run evicted from memory is not reloaded for a
-            # demo clip the worker already transcribed with it.
-            wanted = [(lambda: self.models.get(model_name), model_name)]
-            wanted += [(lambda: self.results.model(run_id), f"{model_name}/{run_id}")] if run_id else []
+            times["read"] = time.perf_counter()
+            # Models are loaded only for the answers not kept (a run evicted from memory is not reloaded for a
+            # demo clip the worker already transcribed with it), full precision first: its call runs while the
+            # run loads.
+            wanted = [(_timed(lambda: self.models.get(model_name), times), model_name)]
+            wanted += [(_timed(lambda: self.results.model(run_id), times), f"{model_name}/{run_id}")] if run_id else []
             answers = [desk.shared(key, digest) for _, key in wanted]
             if None in answers:  # only a request the model must answer takes a place in the transcription room
                 with desk.entered(session):
-                    missing = [(load(), key) for found, (load, key) in zip(answers, wanted) if found is None]
-                    made = iter(desk.transcribe_each(missing, audio, digest))
-                    answers = [found or next(made) for found in answers]
+                    times["entered"] = time.perf_counter()
+                    answers = desk.transcribe_each(wanted, audio, digest)
             fp, quantized = answers[0], answers[1] if run_id else None
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
+        _log_timing(digest, audio, answers, times)
         fp_text, q_text = fp.text, quantized.text if quantized is not None else None
         seconds = len(audio) / SAMPLE_RATE
         reference = self._reference(audio_path, sample_name)
@@ -435,6 +439,31 @@ class Explorer:
         # HighlightedText joins tokens as given: keep the spaces between words.
         diff = [(word + " ", tag) for word, tag in word_diff(fp_text, q_text)] if q_text is not None else []
         return fp_text, diff, "  \n".join(lines)
+
+
+def _timed(load, times: dict[str, float]):
+    """``load`` adding the seconds it takes to times["load"]."""
+    def timed():
+        start = time.perf_counter()
+        try:
+            return load()
+        finally:
+            times["load"] = times.get("load", 0.0) + time.perf_counter() - start
+    return timed
+
+
+def _log_timing(digest: str, audio, answers: list, times: dict[str, float]) -> None:
+    """One line per answered transcription, where its time went (bench/load.py reads it): decoding the audio,
+    waiting for a place, loading models (the run's load overlaps full precision's call), then the rest: the
+    line for the CPU and the model calls; ``model`` is the model time of the calls that answered it (a call may
+    answer others' requests in the same batch; two calls in two lanes overlap)."""
+    end = time.perf_counter()
+    made = [a for a in answers if not a.shared]
+    entered, load = times.get("entered", times["read"]), times.get("load", 0.0)
+    log.info("transcription %s: %.1f s audio, %d of %d answers shared; read %.3f s, room %.3f s, load %.3f s, "
+             "line+model %.3f s (model %.3f s), total %.3f s", digest[:12], len(audio) / SAMPLE_RATE,
+             len(answers) - len(made), len(answers), times["read"] - times["start"], entered - times["read"],
+             load, end - entered - load, sum(a.seconds for a in made), end - times["start"])
 
 
 def _timing(transcript, seconds: float) -> str:

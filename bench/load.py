@@ -16,7 +16,6 @@ answers and the memory of the server and its worker, against the workshop target
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import random
@@ -200,7 +199,7 @@ def visitor(url: str, clips: list[Path], pool: list[np.ndarray], folder: Path, d
             else:
                 path, endpoint = rng.choice(clips), "/transcribe demo"
                 args = (handle_file(str(path)), "tiny.en", None, run_id)
-            digest = "" if endpoint == "/quantize" else audio_digest(path)
+            digest = audio_digest(path) if endpoint == "/transcribe upload" else ""  # only uploads are matched
             start = time.monotonic()
             try:
                 answer = client.predict(*args, api_name=endpoint.split()[0])
@@ -217,7 +216,6 @@ def visitor(url: str, clips: list[Path], pool: list[np.ndarray], folder: Path, d
         client.close()
 
 
-@functools.lru_cache(maxsize=64)
 def audio_digest(path: Path) -> str:
     """The audio's digest as the server computes and logs it (its decoded samples)."""
     from engine.speech.audio import load_audio

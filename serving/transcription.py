@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.speech.audio import SAMPLE_RATE
 from engine.speech.transcribe import transcribe
 from engine.whisper.models import LoadedModel
 from engine.errors import UserError
@@ -156,13 +157,7 @@ class TranscriptionDesk:
         clip and model) is that request's answer, not a second model call. A failing load raises after the
         models before it joined the line (their answers are kept for whoever asks)."""
         digest = digest or audio_key(audio)
-        answers: list[Transcript | Future | None] = []
-        with self._answers_lock:
-            for _, model_key in models:
-                found = self._answers.get((digest, model_key, DECODING))
-                if found is not None:
-                    self._answers.move_to_end((digest, model_key, DECODING))
-                answers.append(None if found is None else Transcript(found.text, found.seconds, shared=True))
+        answers: list[Transcript | Future | None] = [self._shared((digest, key, DECODING)) for _, key in models]
         for i, (load, model_key) in enumerate(models):
             if answers[i] is None:
                 answers[i] = self._join(load, (digest, model_key, DECODING), audio)
@@ -176,12 +171,12 @@ class TranscriptionDesk:
         if pending is not None:
             return pending
         loaded = load()  # outside the lock: a model load takes a second; others keep joining and leaving meanwhile
+        found = self._shared(key)
+        if found is not None:  # answered while this one loaded
+            done: Future = Future()
+            done.set_result(found)
+            return done
         with self._answers_lock:
-            found = self._answers.get(key)
-            if found is not None:  # answered while this one loaded
-                done: Future = Future()
-                done.set_result(Transcript(found.text, found.seconds, shared=True))
-                return done
             if key in self._pending:
                 return self._pending[key]
             waiting = _Waiting(key, loaded, audio)
@@ -231,13 +226,12 @@ class TranscriptionDesk:
             self.model_calls += 1
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
             waiting = len(self._waiting)
-        log.info("model call %s: %d clip(s), %.1f s of audio, %.3f s; %d waiting", batch[0].key[1], len(batch),
-                 sum(len(w.audio) for w in batch) / 16000, seconds, waiting)
-        with self._answers_lock:
             for w, text in zip(batch, texts):
                 self._answers[w.key] = Transcript(text, seconds)
                 self._pending.pop(w.key, None)
             while len(self._answers) > self._kept:
                 self._answers.popitem(last=False)
+        log.info("model call %s: %d clip(s), %.1f s of audio, %.3f s; %d waiting", batch[0].key[1], len(batch),
+                 sum(len(w.audio) for w in batch) / SAMPLE_RATE, seconds, waiting)
         for w, text in zip(batch, texts):
             w.answer.set_result(Transcript(text, seconds))

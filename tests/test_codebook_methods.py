@@ -33,11 +33,12 @@ def test_nf4_codes_round_trip_and_every_weight_is_a_scaled_level(double_quant):
     nearest = (normalized[..., None] - torch.tensor(NF4_LEVELS)).abs().min(dim=-1).values
     assert float(nearest.max()) < 1e-6
     # NF4 is a good 4-bit format for Gaussian weights: less error than uniform 4-bit on the same blocks
-    # (absmax-symmetric, as NF4's own scaling) and than uniform 4-bit with one grid per output channel.
+    # (absmax-symmetric, as NF4's own scaling, with ggml's q4_0 step |absmax| / 8) and than uniform 4-bit with one
+    # grid per output channel.
     nf4_err = float((w - qt.dequantize()).norm() / w.norm())
-    for fmt in (IntFormat(4, 64, symmetric=True), IntFormat(4, -1)):
+    for fmt, ratio in ((IntFormat(4, 64, symmetric=True), 0.99), (IntFormat(4, -1), 0.95)):
         uniform_err = float((w - rtn_quantize(w, fmt).dequantize()).norm() / w.norm())
-        assert nf4_err < 0.95 * uniform_err, (fmt, nf4_err, uniform_err)  # measured 0.90 and 0.84
+        assert nf4_err < ratio * uniform_err, (fmt, nf4_err, uniform_err)  # measured 0.97 and 0.84
 
 
 def test_nf4_size_formula_with_and_without_double_quantization():

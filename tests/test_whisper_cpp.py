@@ -49,6 +49,18 @@ def test_ggml_round_to_nearest_is_its_own_and_coarser_than_f16():
     assert 0 < err < 0.5 * np.abs(w).max()
 
 
+def test_our_symmetric_4bit_grid_is_ggml_q4_0s():
+    # Our symmetric grid follows q4_0's rule (the group's largest weight on code 0, the scale taking its sign), so
+    # round-to-nearest on it is whisper.cpp's own q4_0 but for ties and the float16 rounding of the scale, which
+    # ggml applies only after rounding; GPTQ and FADE improve on the very grid the baseline uses.
+    torch.manual_seed(0)
+    w = (torch.distributions.StudentT(3.0).sample((256, 512)) * 0.02).half().float()
+    ours = rtn_quantize(w, IntFormat(4, 32, symmetric=True)).dequantize().numpy()
+    theirs = ggml_lib.dequantize(ggml_lib.quantize(w.numpy(), Q4_0), Q4_0, w.shape)
+    assert (ours == theirs).mean() > 0.999
+    assert np.isclose(((ours - w.numpy()) ** 2).sum(), ((theirs - w.numpy()) ** 2).sum(), rtol=1e-3)
+
+
 def test_formats_with_no_ggml_block_get_a_sentence():
     w = torch.randn(16, 64)
     with pytest.raises(GgmlExportError, match="no ggml block"):
@@ -112,9 +124,21 @@ def test_ctranslate2_export_transcribes_with_faster_whisper_like_our_model(tiny,
     audios = [load_audio(u.path) for u in clips]
     ours = transcribe(result.loaded, audios)
     scorer = TextScorer()
-    # Loaded as float32, CTranslate2 dequantizes our int8 codes: the same model, the same words.
+    # Loaded as float32, CTranslate2 dequantizes our int8 codes: its encoder output is our quantized model's (to
+    # float32 rounding), 2% away from full precision's on this clip.
+    import ctranslate2
+    features = result.loaded.feature_extractor([audios[0]], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        ours_encoded = result.loaded.model.model.encoder(features).last_hidden_state.numpy()
+        full_encoded = tiny.model.model.encoder(features).last_hidden_state.numpy()
+    runtime = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32")
+    theirs_encoded = np.array(runtime.encode(ctranslate2.StorageView.from_array(features.numpy())))
+    distance = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
+    assert distance(theirs_encoded, ours_encoded) < 1e-4 < 0.005 < distance(ours_encoded, full_encoded)
+    # The same words but for clips at the edge, where a different summation order flips a word or a name
+    # (measured: 2 of these 6 clips, a few words, with either symmetric grid).
     as_float = CTranslate2Runtime(folder, threads=2, compute_type="float32").transcribe(audios)
-    assert scorer.score(ours, as_float)[0] < 0.05
+    assert scorer.score(ours, as_float)[0] < 0.1
     # As int8 it also rounds activations to int8 (what faster-whisper users run): a WER ceiling.
     as_int8 = CTranslate2Runtime(folder, threads=2, compute_type="int8").transcribe(audios)
     assert scorer.score([u.reference for u in clips], as_int8)[0] < 0.3

@@ -58,33 +58,49 @@ class IntFormat:
 def qparams(w: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scale and zero point per row of w: (rows, cols) -> scale, zero: (rows, 1).
 
-    Symmetric grids put zero at the middle code; asymmetric ones span [min(w), max(w)] from a float16
-    minimum, or with integer_zero [min(w, 0), max(w, 0)] from the nearest integer zero point.
+    Asymmetric grids span [min(w), max(w)] from a float16 minimum, or with integer_zero [min(w, 0), max(w, 0)]
+    from the nearest integer zero point. Symmetric grids (zero at the middle code) follow ggml's q4_0 rule:
+    the row's largest-magnitude weight lands exactly on the end code, the scale taking its sign.
     """
-    xmin, xmax = w.min(dim=1, keepdim=True).values, w.max(dim=1, keepdim=True).values
-    if fmt.symmetric or fmt.integer_zero:
-        xmin, xmax = torch.minimum(xmin, torch.zeros(1)), torch.maximum(xmax, torch.zeros(1))
     if fmt.symmetric:
-        xmax = torch.maximum(xmax.abs(), xmin.abs())
-        xmin = -xmax
+        extreme = w.gather(1, w.abs().argmax(dim=1, keepdim=True))
+        scale, zero = signed_grid(extreme, fmt)
+        if fmt.clip_search:
+            scale, zero = _shrink_search(w, lambda p: signed_grid(p * extreme, fmt), scale, zero, fmt.maxq)
+        return scale, zero
+    xmin, xmax = w.min(dim=1, keepdim=True).values, w.max(dim=1, keepdim=True).values
+    if fmt.integer_zero:
+        xmin, xmax = torch.minimum(xmin, torch.zeros(1)), torch.maximum(xmax, torch.zeros(1))
     scale, zero = range_grid(xmin, xmax, fmt)
     if fmt.clip_search:
-        scale, zero = _shrink_search(w, xmin, xmax, scale, zero, fmt)
+        scale, zero = _shrink_search(w, lambda p: range_grid(p * xmin, p * xmax, fmt), scale, zero, fmt.maxq)
     return scale, zero
+
+
+def signed_grid(extreme: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric grid whose end code -2^(bits-1) is ``extreme`` (rows, 1): scale -extreme / 2^(bits-1), a float16.
+
+    ggml's q4_0 rule: the levels are scale * (code - 2^(bits-1)), so a group's largest weight is exact whatever its
+    sign and the step is |extreme| / 2^(bits-1), where spanning [-|extreme|, |extreme|] with 2^bits - 1 steps would
+    make it 7% coarser at 4 bits and clip the largest weight when positive. -w gets -scale and the same codes.
+    A zero row keeps scale 1."""
+    half = (fmt.maxq + 1) / 2
+    magnitude = (extreme.abs() / half).clamp(min=torch.finfo(torch.float16).smallest_normal * 2.0**-10)
+    scale = torch.where(extreme > 0, -1.0, 1.0) * magnitude.to(torch.float16).float()
+    scale = torch.where(extreme == 0, torch.ones_like(scale), scale)
+    return scale, torch.full_like(scale, half)
 
 
 def range_grid(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat,
                stored_as: torch.dtype | None = torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero of the grid spanning [lo, hi]: (rows, 1) each. With ``stored_as`` the scale (and a float
-    minimum) are rounded to the dtype they are stored in, so that what we compute is what we ship; activation
+    """Scale and zero of the asymmetric grid spanning [lo, hi]: (rows, 1) each. With ``stored_as`` the scale (and a
+    float minimum) are rounded to the dtype they are stored in, so that what we compute is what we ship; activation
     grids (engine/quant/activation_quant.py) are never stored and pass None. A constant row keeps scale 1."""
     scale = (hi - lo) / fmt.maxq
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if stored_as is not None:
         # never below the dtype's smallest step: a scale that rounds to 0 would turn the row into NaN
         scale = scale.clamp(min=torch.finfo(stored_as).smallest_normal * 2.0**-10).to(stored_as).float()
-    if fmt.symmetric:
-        return scale, torch.full_like(scale, (fmt.maxq + 1) / 2)
     if fmt.integer_zero:
         return scale, torch.round(-lo / scale)
     minimum = lo if stored_as is None else lo.to(stored_as).float()
@@ -94,13 +110,13 @@ def range_grid(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat,
 CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4  # the GPTQ reference's values
 
 
-def _shrink_search(w, xmin, xmax, scale, zero, fmt: IntFormat):
-    """Per row, the range shrink p in (0.2, 1] whose grid minimises sum |w - q(w)|^2.4 (GPTQ's mse search)."""
+def _shrink_search(w, grid_at, scale, zero, maxq: int):
+    """Per row, the range shrink p in (0.2, 1] whose grid (grid_at(p) -> scale, zero) minimises sum |w - q(w)|^2.4
+    (GPTQ's mse search)."""
     best = torch.full((w.shape[0], 1), float("inf"))
     for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
-        p = 1 - i / CLIP_GRID
-        s, z = range_grid(p * xmin, p * xmax, fmt)
-        err = (round_to_grid(w, s, z, fmt.maxq) - w).abs().pow(CLIP_NORM).sum(dim=1, keepdim=True)
+        s, z = grid_at(1 - i / CLIP_GRID)
+        err = (round_to_grid(w, s, z, maxq) - w).abs().pow(CLIP_NORM).sum(dim=1, keepdim=True)
         better = err < best
         best, scale, zero = torch.where(better, err, best), torch.where(better, s, scale), torch.where(better, z, zero)
     return scale, zero

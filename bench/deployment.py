@@ -114,7 +114,13 @@ def main(argv=None) -> dict:
     loaded = load_model("tiny.en")
     workdir = Path(tempfile.mkdtemp(prefix="asrq-deploy-"))
 
-    def record(label: str, runtime, size_bytes: int, note: str = "") -> None:
+    def save() -> None:
+        write_results(args.out, {"rows": rows, "clips": len(utterances), "threads": args.threads,
+                                 "evaluated_on": list(eval_folders), "calibrated_on": list(calib_folders),
+                                 "note": note},
+                      markdown(rows, len(utterances), args.threads, eval_folders, note))
+
+    def record(label: str, runtime, size_bytes: int, row_note: str = "") -> None:
         if not wanted(label):
             return
         runtime.transcribe(audios[:1])  # warm-up
@@ -124,13 +130,10 @@ def main(argv=None) -> dict:
         errs, words = scorer.error_counts([u.reference for u in utterances], texts)
         ci = wer_interval(errs, words)
         rows[label] = {"runtime": runtime.label, "wer": sum(errs) / sum(words), "wer_ci95": ci.to_list(),
-                       "rtf": elapsed / seconds, "size_bytes": size_bytes, "note": note, "errors": errs,
+                       "rtf": elapsed / seconds, "size_bytes": size_bytes, "note": row_note, "errors": errs,
                        "words": words}
         log.info("%s: WER %.2f%%, RTF %.3f", label, 100 * rows[label]["wer"], rows[label]["rtf"])
-        write_results(args.out, {"rows": rows, "clips": len(utterances), "threads": args.threads,
-                                 "evaluated_on": list(eval_folders), "calibrated_on": list(calib_folders),
-                                 "note": note},
-                      markdown(rows, len(utterances), args.threads, eval_folders, note))
+        save()
 
     folder = REGISTRY["tiny.en"].locate().model_parts[0].parent
     for compute in ("int8", "float32"):
@@ -173,6 +176,7 @@ def main(argv=None) -> dict:
             path, container, size = files[source]
             record(label, WhisperCppRuntime(path, args.threads, container, AUTO_AUDIO_CTX), size,
                    f"encoder window = the clip's length + {AUDIO_CTX_MARGIN} frames, at most 1500")
+    save()  # also when every row was there already: a new note
     return rows
 
 

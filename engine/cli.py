@@ -288,7 +288,9 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--method", required=required, help="rtn, gptq, qep, fade, nf4, gq, w8a8 (see `asrq methods`)")
     g.add_argument("--bits", type=int)
     g.add_argument("--group-size", type=int, help="-1 for one scale per output channel")
-    g.add_argument("--symmetric", action="store_true", default=None)
+    g.add_argument("--symmetric", action="store_true", default=None,
+                   help="zero at the middle code, fitted as ggml's q4_0 (a group's largest weight exact); exports as "
+                        "q4_0 / q8_0 / CTranslate2 int8")
     g.add_argument("--integer-zero", action="store_true", default=None,
                    help="asymmetric grids with an integer zero point (the GPTQ reference's) instead of a float minimum")
     g.add_argument("--quantize-output", action="store_true", default=None,

@@ -176,7 +176,8 @@ def main(argv=None) -> dict:
             path, container, size = files[source]
             record(label, WhisperCppRuntime(path, args.threads, container, AUTO_AUDIO_CTX), size,
                    f"encoder window = the clip's length + {AUDIO_CTX_MARGIN} frames, at most 1500")
-    save()  # also when every row was there already: a new note
+    if args.note is not None:  # a new note when every row was there already; otherwise saved per row, so the
+        save()  # CPU line keeps naming the machine that ran the last row
     return rows
 
 

@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
             log.info("%s seed %d: WER %.2f%%", name, seed, 100 * draws[name][str(seed)]["wer"])
             save()
         del calibration
-    save()  # also when nothing was missing: a new note, or the markdown of an edited table
+    if args.note is not None:  # a new note when nothing was missing; otherwise saved per draw, so the CPU
+        save()  # line keeps naming the machine that ran the last draw
     return {"references": references, "draws": draws}
 
 

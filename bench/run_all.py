@@ -10,7 +10,7 @@ import logging
 from transformers.utils import logging as hf_logging
 
 from bench import (batching, deployment, deployment_draws, foundation, fuzz_audio, kernels, lanes, load, methods, personalization,
-                   quant_memory, sweep_speed, whisper_cpp_build)
+                   quant_memory, sweep_speed, symmetric_grid, whisper_cpp_build)
 from bench.common import REPO
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
@@ -77,6 +77,7 @@ def main() -> None:
     quant_memory.main(PASS_SPEED_RUN + (["--baseline", str(BASELINE)] if BASELINE.is_dir() else []))
     for args in SEED_METHOD_RUNS:
         methods.main(["--out", "seed_methods", *args])
+    symmetric_grid.main()  # the symmetric grid's q4_0 rule against the earlier one, by round to nearest
     for args in GRID_RUNS:
         methods.main(["--out", "grids", "--group-size", "32", *args])
     for args in DECODING_RUNS:

@@ -17,6 +17,12 @@ shared answers (quick), ``entered`` for the requests that need the model. A shar
 nor is turned away by, a room full of uploads. ``keep`` takes answers made elsewhere (the worker's transcripts of
 the demo clips a run was scored on), and ``answer_ahead`` transcribes likely requests in a thread before anyone
 asks (the demo clips with a run whose summary brought none).
+
+The desk's model calls decode with the loop guard (engine/speech/transcribe.py): a run caught in a repetition
+loop stops at 16 + 8 tokens a second of audio instead of the decoder's 448 (a 10 s upload with RTN 2-bit took
+~10 s of one core and held a lane that long; ~3 s now). A transcript that ends by itself is the same with or
+without it, so the worker's scored transcripts (made without it) are shared under the same decoding; only a
+looping one among them is longer than the desk would make it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.speech.audio import SAMPLE_RATE
-from engine.speech.transcribe import transcribe
+from engine.speech.transcribe import LOOP_GUARD_TOKENS_PER_SECOND, transcribe_detailed
 from engine.whisper.models import LoadedModel
 from engine.errors import UserError
 from serving.admission import Admission
@@ -48,6 +54,7 @@ class Transcript:
     text: str
     seconds: float  # how long the model took when it ran (for a shared answer: the first time)
     shared: bool = False  # answered from the cache
+    cut: bool = False  # stopped by the loop guard: the model was repeating itself
 
 
 @dataclass(eq=False)
@@ -142,7 +149,7 @@ class TranscriptionDesk:
             found = self._answers.get(key)
             if found is not None:
                 self._answers.move_to_end(key)
-        return None if found is None else Transcript(found.text, found.seconds, shared=True)
+        return None if found is None else Transcript(found.text, found.seconds, shared=True, cut=found.cut)
 
     def transcribe(self, loaded: LoadedModel, model_key: str, audio: np.ndarray, digest: str | None = None) -> Transcript:
         """The transcript of ``audio`` by ``loaded`` (named ``model_key``: a model name, or name/run id)."""
@@ -213,7 +220,8 @@ class TranscriptionDesk:
         """In a lane: answer the requests of ``batch`` (one model, each clip once) in one call."""
         try:
             start = time.perf_counter()
-            texts = transcribe(batch[0].loaded, [w.audio for w in batch])
+            texts = transcribe_detailed(batch[0].loaded, [w.audio for w in batch],
+                                        tokens_per_second=LOOP_GUARD_TOKENS_PER_SECOND)
             seconds = time.perf_counter() - start
         except Exception as exc:  # every request of the batch (and whoever follows it) gets the failure, none waits
             with self._answers_lock:
@@ -227,11 +235,12 @@ class TranscriptionDesk:
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
             waiting = len(self._waiting)
             for w, text in zip(batch, texts):
-                self._answers[w.key] = Transcript(text, seconds)
+                self._answers[w.key] = Transcript(text.text, seconds, cut=text.cut)
                 self._pending.pop(w.key, None)
             while len(self._answers) > self._kept:
                 self._answers.popitem(last=False)
-        log.info("model call %s: %d clip(s), %.1f s of audio, %.3f s; %d waiting", batch[0].key[1], len(batch),
-                 sum(len(w.audio) for w in batch) / SAMPLE_RATE, seconds, waiting)
+        log.info("model call %s: %d clip(s), %.1f s of audio, %.3f s, %d cut by the loop guard; %d waiting",
+                 batch[0].key[1], len(batch), sum(len(w.audio) for w in batch) / SAMPLE_RATE, seconds,
+                 sum(t.cut for t in texts), waiting)
         for w, text in zip(batch, texts):
-            w.answer.set_result(Transcript(text, seconds))
+            w.answer.set_result(Transcript(text.text, seconds, cut=text.cut))

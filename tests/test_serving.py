@@ -382,3 +382,11 @@ def test_the_load_test_reads_the_servers_timing_line(caplog):
     found = TIMING_LINE.search(caplog.text)
     assert found is not None and found["audio"] == audio_key(audio)[:12]
     assert (found["shared"], found["asked"], found["load"], found["model"]) == ("1", "2", "0.500", "2.000")
+
+
+def test_the_page_says_when_the_loop_guard_stopped_a_transcript():
+    from serving.transcription import Transcript
+    from ui.handlers import _timing
+
+    assert "repeating itself" not in _timing(Transcript("a b c", 1.0), 10.0)
+    assert "stopped after 96 tokens: the model was repeating itself" in _timing(Transcript(". . .", 3.0, cut=True), 10.0)

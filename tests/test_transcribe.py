@@ -82,3 +82,40 @@ def test_suppression_built_once_gives_transformers_own_scores_and_transcripts(ti
         out = tiny.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, num_beams=1,
                                   do_sample=False)
     assert transcribe(tiny, audios) == [tiny.tokens.decode(seq.tolist()) for seq in out]
+
+
+def test_token_budget_stops_each_row_at_its_own_length_and_names_the_rows_it_cut():
+    import torch
+
+    from engine.speech.transcribe import TokenBudget
+
+    end = 9
+    budget = TokenBudget([2, 3, 3], end_of_text=end)
+    prompt = [[5, 6]] * 3
+    steps = [[1, 1, end], [1, 2, end], [1, 3, end]]  # row 2 ends by itself at its first token
+    seen = []
+    for k in range(1, len(steps) + 1):
+        ids = torch.tensor([p + [s[r] for s in steps[:k]] for r, p in enumerate(prompt)])
+        seen.append(budget(ids, None).tolist())
+    assert seen == [[False, False, False], [True, False, False], [True, True, True]]
+    assert budget.cut == [True, True, False]
+
+
+def test_loop_guard_cuts_a_looping_model_and_leaves_every_other_transcript_alone(tiny, test_other):
+    from engine.quant.quantize import quantize
+    from engine.quant.registry import make_config
+    from engine.speech.transcribe import LOOP_GUARD_TOKENS_PER_SECOND, token_budget, transcribe_detailed
+
+    audios = [load_audio(u.path) for u in load_dataset(test_other)[:6]]
+    guarded = transcribe_detailed(tiny, audios, tokens_per_second=LOOP_GUARD_TOKENS_PER_SECOND)
+    assert [d.text for d in guarded] == transcribe(tiny, audios) and not any(d.cut for d in guarded)
+
+    collapsed = quantize(tiny, make_config("rtn", bits=2, group_size=64)).loaded  # loops on most real clips
+    guarded = transcribe_detailed(collapsed, audios, batch_size=1, tokens_per_second=LOOP_GUARD_TOKENS_PER_SECOND)
+    cut = [i for i, d in enumerate(guarded) if d.cut]
+    assert cut, [d.text for d in guarded]
+    for i in cut:
+        assert len(collapsed.tokens.encode(guarded[i].text)) <= token_budget(len(audios[i]) / SAMPLE_RATE)
+    i = cut[0]  # the guard only stops early: the same greedy tokens up to its budget
+    unguarded = transcribe(collapsed, [audios[i]])[0]
+    assert len(unguarded) > len(guarded[i].text) and unguarded.startswith(guarded[i].text.rstrip())

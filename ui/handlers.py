@@ -26,6 +26,7 @@ from engine.speech.audio import SAMPLE_RATE, load_audio
 from engine.speech.evaluate import TextScorer
 from engine.speech.samples import SampleClip, sample_clips
 from engine.speech.textdiff import word_diff
+from engine.speech.transcribe import token_budget
 from engine.whisper.models import DEFAULT_MODEL, available_models
 from serving.job_queue import JobQueue
 from serving.model_cache import ModelCache
@@ -468,7 +469,9 @@ def _log_timing(digest: str, audio, answers: list, times: dict[str, float]) -> N
 
 def _timing(transcript, seconds: float) -> str:
     shared = " (a shared answer: this clip was transcribed with this model before)" if transcript.shared else ""
-    return f"{transcript.seconds:.2f} s (real-time factor {transcript.seconds / seconds:.3f}){shared}"
+    cut = (f"; stopped after {token_budget(seconds)} tokens: the model was repeating itself" if transcript.cut
+           else "")
+    return f"{transcript.seconds:.2f} s (real-time factor {transcript.seconds / seconds:.3f}){shared}{cut}"
 
 
 def _queue_words(ahead: int, seconds: float | None) -> str:

@@ -10,7 +10,8 @@ died, the history holds each finished run exactly once, and the worker started t
 order they arrived (from the server's log). Reports p50/p95 latency per kind of request, the share of busy
 answers and the memory of the server and its worker, against the workshop targets.
 
-    python -m bench.load [--users 30] [--seconds 600] [--threads priority|split|shared|W:T] [--lanes N] [--out load]
+    python -m bench.load [--users 30] [--seconds 600] [--threads priority|split|shared|W:T] [--lanes N]
+                         [--client-nice 0] [--out load]
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the server's ASRQ_THREADS (priority, the public default; split, shared or W:T)")
     parser.add_argument("--lanes", type=int, default=None,
                         help="the server's ASRQ_TRANSCRIPTION_LANES (model calls at once; default: the policy's)")
+    parser.add_argument("--client-nice", type=int, default=0,
+                        help="niceness of this process (the visitors and the memory sampling) once the server runs: "
+                             "on a Space the visitors' own machines carry their clients")
     parser.add_argument("--out", default="load")
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 50 or not 10 <= args.seconds <= 900:
@@ -280,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             wait_for(url, server)
             log.info("server up at %s; %d visitors for %.0f s", url, args.users, args.seconds)
+            # the server started before this: it (and its worker, which sets its own) keeps its niceness; on Linux
+            # a thread's niceness passes to the threads it starts, so every visitor thread below takes this one
+            os.nice(args.client_nice)
             watch = MemoryWatch(server.pid)
             watch.start()
             requests: list[Request] = []
@@ -304,6 +311,23 @@ def main(argv: list[str] | None = None) -> None:
             server.wait(timeout=30)
             server_log = (data_dir / "server.log").read_text()
     report(args, requests, watch, alive, bool(check.strip()), history_ids, integrity, server_log, client_cpu)
+
+
+MODEL_CALL_LINE = re.compile(r"model call \S+: (?P<clips>\d+) clip\(s\), (?P<audio>[\d.]+) s of audio, "
+                             r"(?P<seconds>[\d.]+) s, (?P<cut>\d+) cut by the loop guard")
+
+
+def model_calls(server_log: str) -> dict:
+    """The transcription desk's model calls, from its log lines: how many, clips per call, p50/p95 seconds of a
+    call and of audio in it, and how many transcripts the loop guard stopped."""
+    calls = list(MODEL_CALL_LINE.finditer(server_log))
+    seconds, audio = [float(m["seconds"]) for m in calls], [float(m["audio"]) for m in calls]
+    clips = [int(m["clips"]) for m in calls]
+    return {"calls": len(calls), "clips": sum(clips),
+            "clips_per_call": {n: clips.count(n) for n in sorted(set(clips))},
+            "seconds_p50": percentile(seconds, 0.5), "seconds_p95": percentile(seconds, 0.95),
+            "audio_seconds_p50": percentile(audio, 0.5), "audio_seconds_p95": percentile(audio, 0.95),
+            "cut_by_loop_guard": sum(int(m["cut"]) for m in calls)}
 
 
 def started_in_arrival_order(server_log: str) -> tuple[bool, int]:
@@ -360,6 +384,7 @@ def report(args, requests, watch, alive, answers_after, history_ids, integrity, 
             "distinct_runs": len(ok_runs), "history_rows": len(history_ids),
             "errors": sorted({r.message for r in requests if r.outcome == "error"})[:20],
             "upload_split": server_split(requests, server_log),
+            "model_calls": model_calls(server_log), "client_nice": args.client_nice,
             "cpu_seconds": {**{k: round(v, 1) for k, v in watch.cpu_seconds_by_process().items()},
                             "load client (this process: visitors, memory sampling)": round(client_cpu, 1)},
             "requests": [asdict(r) for r in requests]}
@@ -403,10 +428,16 @@ def report(args, requests, watch, alive, answers_after, history_ids, integrity, 
               "| part | p50 s | p95 s | mean s |", "| --- | ---: | ---: | ---: |",
               *[f"| {part} | {fmt(split[part]['p50'])} | {fmt(split[part]['p95'])} | {fmt(split[part]['mean'])} |"
                 for part in (*SPLIT_PARTS, "outside")]]
+    calls = data["model_calls"]
+    lines += ["", f"The transcription desk's model calls: {calls['calls']} for {calls['clips']} clips (clips per call: "
+              + ", ".join(f"{n}: {k}" for n, k in calls["clips_per_call"].items())
+              + f"), a call's time p50 {fmt(calls['seconds_p50'])} s, p95 {fmt(calls['seconds_p95'])} s (audio in "
+              f"it p50 {fmt(calls['audio_seconds_p50'])} s, p95 {fmt(calls['audio_seconds_p95'])} s); "
+              f"{calls['cut_by_loop_guard']} transcripts stopped by the loop guard."]
     cores = len(os.sched_getaffinity(0))
     lines += ["", f"CPU seconds used (server and worker since they started, the load client during the visits; "
               f"{cores} cores x {args.seconds:.0f} s = {cores * args.seconds:.0f} available, and the load client "
-              "shares the machine with the server): "
+              f"shares the machine with the server, at niceness {args.client_nice}): "
               + ", ".join(f"{k} {v:.0f}" for k, v in data["cpu_seconds"].items()) + "."]
     if data["errors"]:
         lines += ["", "Errors:", *[f"- {e}" for e in data["errors"]]]

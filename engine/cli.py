@@ -105,16 +105,21 @@ def _runtime(args: argparse.Namespace, model):
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from engine.speech.audio import load_audio
-    from engine.speech.transcribe import transcribe
+    from engine.speech.transcribe import LOOP_GUARD_TOKENS_PER_SECOND, Decoded, transcribe_detailed
 
+    if args.loop_guard and (args.runtime != "torch" or args.fallback):
+        raise UserError("--loop-guard is for the torch runtime's greedy decoding (the fallback redoes loops itself)")
     audios = [load_audio(path) for path in args.audio]  # fail on bad input before loading the model
     if args.runtime != "torch":
-        texts = _runtime(args, _model_to_run(args)).transcribe(audios)
+        decoded = [Decoded(t) for t in _runtime(args, _model_to_run(args)).transcribe(audios)]
     else:
-        loaded = _model_for(args)
-        texts = transcribe(loaded, audios, batch_size=args.batch_size, language=args.language, fallback=args.fallback)
+        decoded = transcribe_detailed(_model_for(args), audios, batch_size=args.batch_size, language=args.language,
+                                      fallback=args.fallback,
+                                      tokens_per_second=LOOP_GUARD_TOKENS_PER_SECOND if args.loop_guard else None)
+    texts = [d.text for d in decoded]
     if args.json:
-        print(json.dumps([{"audio": a, "text": t} for a, t in zip(args.audio, texts)], indent=2))
+        print(json.dumps([{"audio": a, "text": d.text, **({"cut_by_loop_guard": d.cut} if args.loop_guard else {})}
+                          for a, d in zip(args.audio, decoded)], indent=2))
     else:
         for path, text in zip(args.audio, texts):
             print(f"{path}\t{text}" if len(args.audio) > 1 else text)
@@ -392,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--language", default=None, help="language code for multilingual models (default: en)")
+    p.add_argument("--loop-guard", action="store_true",
+                   help="stop a transcript at 16 + 8 tokens a second of audio, as the page does (a model caught in "
+                        "a repetition loop otherwise decodes 448 tokens)")
     _add_decoding_options(p)
     p.set_defaults(func=_cmd_transcribe)
 

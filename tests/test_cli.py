@@ -62,6 +62,12 @@ def test_transcribe_prints_the_text():
     out = run("transcribe", "sample_audio/demo-05.flac")
     assert out.returncode == 0, out.stderr
     assert "quick brown fox" in out.stdout.lower()
+    guarded = run("transcribe", "--loop-guard", "--json", "sample_audio/demo-05.flac")
+    assert guarded.returncode == 0, guarded.stderr
+    (answer,) = json.loads(guarded.stdout)
+    assert answer["text"].strip() == out.stdout.strip() and answer["cut_by_loop_guard"] is False
+    refused = run("transcribe", "--loop-guard", "--fallback", "sample_audio/demo-05.flac")
+    assert refused.returncode == 2 and "--loop-guard is for" in refused.stderr
 
 
 @pytest.mark.slow

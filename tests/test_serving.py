@@ -389,4 +389,5 @@ def test_the_page_says_when_the_loop_guard_stopped_a_transcript():
     from ui.handlers import _timing
 
     assert "repeating itself" not in _timing(Transcript("a b c", 1.0), 10.0)
-    assert "stopped after 96 tokens: the model was repeating itself" in _timing(Transcript(". . .", 3.0, cut=True), 10.0)
+    looped = _timing(Transcript(". . .", 3.0, cut=True), 10.0)
+    assert "stopped after 96 tokens: the model was repeating itself" in looped

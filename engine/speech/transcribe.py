@@ -138,15 +138,9 @@ def transcribe(
     return [d.text for d in transcribe_detailed(loaded, audios, batch_size, language, progress, fallback)]
 
 
-def transcribe_detailed(
-    loaded: LoadedModel,
-    audios: Sequence[np.ndarray],
-    batch_size: int = 8,
-    language: str | None = None,
-    progress: ProgressFn | None = None,
-    fallback: bool = False,
-    tokens_per_second: float | None = None,
-) -> list[Decoded]:
+def transcribe_detailed(loaded: LoadedModel, audios: Sequence[np.ndarray], batch_size: int = 8,
+                        language: str | None = None, progress: ProgressFn | None = None, fallback: bool = False,
+                        tokens_per_second: float | None = None) -> list[Decoded]:
     """transcribe(), saying of each text whether the loop guard cut it: with ``tokens_per_second`` a clip of up to
     30 s stops after token_budget(its seconds) new tokens (LOOP_GUARD_TOKENS_PER_SECOND is the page's)."""
     if fallback and tokens_per_second is not None:

@@ -137,13 +137,13 @@ def test_waiting_requests_for_different_models_are_answered_in_arrival_order(tin
 
     audios = [load_audio(c.path) for c in sample_clips() if c.group == "demo"][:4]
     order: list[int] = []
-    real = desk_module.transcribe
+    real = desk_module.transcribe_detailed
 
-    def observed(loaded, batch):  # the real model call, its order noted by each clip's length
+    def observed(loaded, batch, **options):  # the real model call, its order noted by each clip's length
         order.extend(len(a) for a in batch)
-        return real(loaded, batch)
+        return real(loaded, batch, **options)
 
-    monkeypatch.setattr(desk_module, "transcribe", observed)
+    monkeypatch.setattr(desk_module, "transcribe_detailed", observed)
     desk = TranscriptionDesk(max_batch=4)
     threads = []
     with lanes_taken(desk):  # a transcription is running; four requests for four runs queue one after another
@@ -158,14 +158,15 @@ def test_waiting_requests_for_different_models_are_answered_in_arrival_order(tin
 
 def test_two_lanes_answer_a_request_for_two_models_at_the_same_time(monkeypatch):
     import serving.transcription as desk_module
+    from engine.speech.transcribe import Decoded
 
     both_running = threading.Barrier(2, timeout=30)  # passes only when two model calls run at once
 
-    def call(loaded, batch):
+    def call(loaded, batch, **options):
         both_running.wait()
-        return [f"{loaded} heard {len(a)} samples" for a in batch]
+        return [Decoded(f"{loaded} heard {len(a)} samples") for a in batch]
 
-    monkeypatch.setattr(desk_module, "transcribe", call)
+    monkeypatch.setattr(desk_module, "transcribe_detailed", call)
     audio = np.zeros(16000, dtype=np.float32)
     desk = TranscriptionDesk(lanes=2)
     answers = desk.transcribe_each([(lambda: "full", "tiny.en"), (lambda: "run", "tiny.en/0123456789ab")], audio)
@@ -176,15 +177,15 @@ def test_two_lanes_answer_a_request_for_two_models_at_the_same_time(monkeypatch)
 
     full_running = threading.Event()
 
-    def heard(loaded, batch):
+    def heard(loaded, batch, **options):
         full_running.set()
-        return [f"{loaded} heard" for _ in batch]
+        return [Decoded(f"{loaded} heard") for _ in batch]
 
     def load_run():  # a run loading from disk: only returns once full precision's call is running
         assert full_running.wait(timeout=30)
         return "run"
 
-    monkeypatch.setattr(desk_module, "transcribe", heard)
+    monkeypatch.setattr(desk_module, "transcribe_detailed", heard)
     desk = TranscriptionDesk(lanes=1)
     answers = desk.transcribe_each([(lambda: "full", "tiny.en"), (load_run, "tiny.en/0123456789ab")], audio)
     assert [a.text for a in answers] == ["full heard", "run heard"]
@@ -198,10 +199,10 @@ def test_two_lanes_answer_a_request_for_two_models_at_the_same_time(monkeypatch)
     wait_until(lambda: desk.shared("tiny.en", audio_key(other)) is not None)
     assert desk.shared("tiny.en", audio_key(other)).text == "full heard"  # ... full precision's answer is kept
 
-    def broken(loaded, batch):
+    def broken(loaded, batch, **options):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(desk_module, "transcribe", broken)
+    monkeypatch.setattr(desk_module, "transcribe_detailed", broken)
     with pytest.raises(RuntimeError, match="out of memory"):  # the failure reaches the visitor, nobody hangs
         desk.transcribe(("full"), "tiny.en", np.ones(16000, dtype=np.float32))
     with pytest.raises(ValueError, match="lanes"):

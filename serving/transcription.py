@@ -220,8 +220,8 @@ class TranscriptionDesk:
         """In a lane: answer the requests of ``batch`` (one model, each clip once) in one call."""
         try:
             start = time.perf_counter()
-            texts = transcribe_detailed(batch[0].loaded, [w.audio for w in batch],
-                                        tokens_per_second=LOOP_GUARD_TOKENS_PER_SECOND)
+            decoded = transcribe_detailed(batch[0].loaded, [w.audio for w in batch],
+                                          tokens_per_second=LOOP_GUARD_TOKENS_PER_SECOND)
             seconds = time.perf_counter() - start
         except Exception as exc:  # every request of the batch (and whoever follows it) gets the failure, none waits
             with self._answers_lock:
@@ -234,13 +234,13 @@ class TranscriptionDesk:
             self.model_calls += 1
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
             waiting = len(self._waiting)
-            for w, text in zip(batch, texts):
-                self._answers[w.key] = Transcript(text.text, seconds, cut=text.cut)
+            for w, d in zip(batch, decoded):
+                self._answers[w.key] = Transcript(d.text, seconds, cut=d.cut)
                 self._pending.pop(w.key, None)
             while len(self._answers) > self._kept:
                 self._answers.popitem(last=False)
         log.info("model call %s: %d clip(s), %.1f s of audio, %.3f s, %d cut by the loop guard; %d waiting",
                  batch[0].key[1], len(batch), sum(len(w.audio) for w in batch) / SAMPLE_RATE, seconds,
-                 sum(t.cut for t in texts), waiting)
-        for w, text in zip(batch, texts):
-            w.answer.set_result(Transcript(text.text, seconds, cut=text.cut))
+                 sum(d.cut for d in decoded), waiting)
+        for w, d in zip(batch, decoded):
+            w.answer.set_result(Transcript(d.text, seconds, cut=d.cut))

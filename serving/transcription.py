@@ -19,8 +19,8 @@ the demo clips a run was scored on), and ``answer_ahead`` transcribes likely req
 asks (the demo clips with a run whose summary brought none).
 
 The desk's model calls decode with the loop guard (engine/speech/transcribe.py): a run caught in a repetition
-loop stops at 16 + 8 tokens a second of audio instead of the decoder's 448 (a 10 s upload with RTN 2-bit took
-~10 s of one core and held a lane that long; ~3 s now). A transcript that ends by itself is the same with or
+loop stops at 16 + 8 tokens a second of audio instead of the decoder's 448 (RTN 2-bit on 16 upload clips, one
+thread: 76.7 s without it, 23.5 s with it; bench/results/loop_guard.md). A transcript that ends by itself is the same with or
 without it, so the worker's scored transcripts (made without it) are shared under the same decoding; only a
 looping one among them is longer than the desk would make it.
 """

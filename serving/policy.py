@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.errors import ModelUnavailableError, UserError
+from engine.whisper.decoding_layout import lay_out_for_decoding
 from engine.whisper.models import REGISTRY, LoadedModel, load_model
 
 
@@ -169,8 +170,12 @@ class ServingPolicy:
         raise ModelUnavailableError(f"This public server only loads its listed models ({allowed}), not {name!r}.")
 
     def load_model(self, name: str) -> LoadedModel:
-        """The model loader under this policy: public servers read safetensors only, never pickle or local paths."""
-        return load_model(self.check_model(name), safe_only=self.public)
+        """The model loader under this policy: public servers read safetensors only, never pickle or local paths.
+        The server's models only transcribe (and show their layers' shapes), so their output layer is laid out for
+        decoding (engine/whisper/decoding_layout.py)."""
+        loaded = load_model(self.check_model(name), safe_only=self.public)
+        lay_out_for_decoding(loaded.model)
+        return loaded
 
 
 def _threads_from(text: str) -> dict:

@@ -20,6 +20,7 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.quant.artifacts import ArtifactError, load_quantized, prune_artifacts, verify_artifact
+from engine.whisper.decoding_layout import lay_out_for_decoding
 from engine.whisper.models import LoadedModel
 from serving.memory import release_memory
 from serving.model_cache import ModelCache
@@ -100,6 +101,7 @@ class ResultStore:
     def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
         # as codes: a kept run holds ~10 MB instead of ~66 MB of float weights (unpacked per transcription)
         loaded, meta = load_quantized(self.root / run_id, compact=True)
+        lay_out_for_decoding(loaded.model)  # it only transcribes here; as the base model's, so the pool shares it
         base = self._base_model(meta["model"]["name"]) if self._base_model else None
         if base is not None:
             self._tensors.share(base.model)

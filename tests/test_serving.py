@@ -329,6 +329,7 @@ def test_a_loaded_run_shares_what_it_left_unquantized_with_the_full_precision_mo
     from engine.quant.artifacts import save_quantized
     from engine.quant.quantize import quantize
     from engine.quant.registry import make_config
+    from engine.whisper.decoding_layout import laid_out_for_decoding
     from serving.results import ResultStore
 
     run_id = "0123456789ab"
@@ -343,6 +344,8 @@ def test_a_loaded_run_shares_what_it_left_unquantized_with_the_full_precision_mo
         fc1 = run.model.encoder.layers[0].fc1.weight
         assert fc1.shape == tiny.model.model.encoder.layers[0].fc1.weight.shape
         assert not torch.equal(fc1, tiny.model.model.encoder.layers[0].fc1.weight)
+    # without a base model in memory the run's own output layer is laid out for decoding
+    assert laid_out_for_decoding(ResultStore(tmp_path, kept_loaded=1).model(run_id).model)
 
 
 def test_a_finished_run_is_remembered_without_loading_its_model(tmp_path):

@@ -195,7 +195,14 @@ NOTES = {  # what the rows are; remarks about particular runs (their timings, th
                 "shrunk toward the prior 0.75 by its reliability); plain 'fade' rows use the held-out optimum "
                 "(docs/methods.md). Quant s depends on what else shared the cores during the run. Rows with "
                 "fewer than 5 seeds are unfinished (the bench resumes them). Rows without a recorded commit were made in "
-                "stop 30, before e6f5e1f's faster pass (the same method; codes differ by summation order)."),
+                "stop 30, before e6f5e1f's faster pass (the same method; codes differ by summation order). The "
+                "3-bit rows were made before stop 32's packed calibration windows, and the 'fade 3b' rows before "
+                "FADE capped alpha at 0.5 at 3 bits (stop 36): explore-3bit.md holds all 3-bit rows again with "
+                "one commit's pass."),
+    "explore-3bit": ("Stop 36's 3-bit rows, all made with the same pass (packed calibration windows): 'fade 3b' "
+                     "rows made before b6f7733 are uncapped (alpha_max 1, the default then); 'fade alpha_max=0.5 "
+                     "3b' is FADE's default since b6f7733 (a layer of 3 bits or fewer capped at 0.5). The 4-bit "
+                     "alpha_max=0.5 rows try the cap at 4 bits, where the default stays uncapped."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
                  "with Whisper's temperature fallback (engine/speech/transcribe.py: a window whose tokens compress "
                  "too well or whose mean log-probability is too low is decoded again at higher temperatures, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,7 @@ def test_qep_lowers_output_error_when_inputs_drift():
 def test_fade_rounded_check_keeps_a_correction_that_helps_after_rounding_and_drops_one_that_does_not():
     from engine.quant.methods.fade import rounded_gain
 
-    config = FADEConfig(bits=3, group_size=-1, check_rounded=True)
+    config = FADEConfig(bits=3, group_size=-1, check_rounded=True, alpha_max=1.0)
     # Strong, consistent drift: fitted on one half and rounded, the correction still lowers the other's error.
     w, _, _, stats, spec = layer_setup(drift=0.5, n=4096)
     a, b = stats.split_moments(0), stats.split_moments(1)
@@ -129,6 +131,21 @@ def test_fade_rounded_check_keeps_a_correction_that_helps_after_rounding_and_dro
     forced = get_method("fade").quantize_layer(w, opposite, spec, FADEConfig(bits=3, group_size=-1, alpha=0.75,
                                                                             check_rounded=True, rule="shrink"))
     assert forced.alpha == 0.0 and forced.notes["alpha_before_rounded_check"] > 0
+
+
+def test_fade_caps_alpha_at_half_for_layers_of_three_bits_or_fewer_unless_told():
+    from engine.quant.methods.fade import fade_alpha_max
+
+    assert [fade_alpha_max(FADEConfig(bits=4), bits) for bits in (2, 3, 4, 8)] == [0.5, 0.5, 1.0, 1.0]
+    assert fade_alpha_max(FADEConfig(bits=3, alpha_max=0.9), 3) == 0.9
+    assert fade_alpha_max(FADEConfig(bits=4, alpha_max=0.25), 4) == 0.25
+    # A layer whose held-out optimum is above the cap: 3-bit rows are capped, a 4-bit row is not.
+    w, _, _, stats, spec = layer_setup(drift=0.5, n=4096)
+    outcome = {bits: get_method("fade").quantize_layer(w, stats, dataclasses.replace(spec, bits=bits),
+                                                       FADEConfig(bits=bits, group_size=-1)) for bits in (3, 4)}
+    assert outcome[3].alpha == 0.5 and outcome[4].alpha > 0.7
+    with pytest.raises(ConfigError):
+        FADEConfig(bits=3, alpha_max=1.5)
 
 
 def test_fade_alpha_follows_the_evidence():

@@ -112,9 +112,10 @@ class FADEConfig(QEPConfig):
     """QEP with a per-layer alpha computed from layer diagnostics (see engine/quant/methods/fade.py)."""
 
     alpha: float = 0.75  # the prior: "shrink" pulls unreliable layers toward it; "heldout" uses it for degenerate solves
-    # Upper bound of a layer's alpha. Set to the prior, a reliable layer can only lower alpha; measured, that
-    # was worse at 4 bits with both calibration sources (docs/methods.md), so the default leaves it open.
-    alpha_max: float = 1.0
+    # Upper bound of a layer's alpha; None: 0.5 for a layer of 3 bits or fewer, 1 above (fade.fade_alpha_max).
+    # Capped at the prior (0.75) at 4 bits it was worse with both calibration sources; at 3 bits the cap of 0.5
+    # halved the looping draws with sample calibration (docs/methods.md, "The 3-bit cap").
+    alpha_max: float | None = None
     rule: str = "heldout"  # how a layer's alpha follows from its held-out optimum (engine/quant/methods/fade.py)
     # Keep a layer's plain rounding where its correction, fitted and rounded on one half of the calibration
     # moments, does not lower the other half's output error (fade.py: rounded_gain). Costs two more roundings.
@@ -124,7 +125,8 @@ class FADEConfig(QEPConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(0.0 <= self.alpha_max <= 1.0, f"alpha_max must be between 0 and 1, not {self.alpha_max}.")
+        _check(self.alpha_max is None or 0.0 <= self.alpha_max <= 1.0,
+               f"alpha_max must be between 0 and 1, not {self.alpha_max}.")
         _check(self.rule in ("heldout", "shrink"), f"FADE's rule must be heldout or shrink, not {self.rule!r}.")
 
 

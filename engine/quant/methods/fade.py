@@ -12,7 +12,7 @@ the calibration moments are kept in two clip-disjoint halves A and B. For each l
        "heldout" (default): alpha_l = clip( alpha_ho, 0, alpha_max ): the held-out optimum itself;
        "shrink":            alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, alpha_max ).
      alpha_prior = the config's alpha, used by "heldout" only where the solve is degenerate (no drift to
-     correct, or no gain even in-sample).
+     correct, or no gain even in-sample); alpha_max = the config's, else 0.5 at 3 bits or fewer and 1 above.
 With speaker-disjoint halves alpha_ho answers "how much of a correction fitted on these voices helps another
 voice". r is close to alpha_ho^2 (the in-sample optimum is about 1), so "shrink" pulls exactly the layers
 whose correction does not transfer (small alpha_ho) up to the prior: measured, that made FADE loop with TTS
@@ -97,6 +97,20 @@ def rounded_gain(w: torch.Tensor, a: Moments, b: Moments, alpha: float, spec: La
     return (plain - corrected) / plain if plain > 0 else 0.0
 
 
+LOW_BIT_ALPHA_MAX = 0.5  # the cap of a layer of LOW_BITS or fewer when the config sets none
+LOW_BITS = 3
+
+
+def fade_alpha_max(config: FADEConfig, bits: int) -> float:
+    """A layer's upper bound of alpha: the config's, else 0.5 at 3 bits or fewer and 1 above. At 3 bits a strong
+    correction fitted on a few voices made greedy decoding loop on other speakers (sample calibration: 2 of 5
+    draws looped uncapped, 1 with the cap; docs/methods.md, "The 3-bit cap"); at 4 bits a cap at the prior was
+    worse (docs/methods.md), so above 3 bits none."""
+    if config.alpha_max is not None:
+        return config.alpha_max
+    return LOW_BIT_ALPHA_MAX if bits <= LOW_BITS else 1.0
+
+
 @register(FADEConfig, needs_calibration=True, summary="QEP with a per-layer alpha from held-out layer diagnostics",
           check_row=layer_format)
 def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: FADEConfig) -> LayerOutcome:
@@ -104,7 +118,7 @@ def quantize_fade(w: torch.Tensor, stats: LayerStats, spec: LayerSpec, config: F
     if spec.alpha is not None:  # a user-set alpha in the table wins
         return corrected_outcome(w, m, spec, config, spec.alpha)
     a, b = stats.split_moments(0), stats.split_moments(1)
-    alpha, notes = fade_alpha(w, a, b, config.alpha, config.qep_damping, config.alpha_max, config.rule)
+    alpha, notes = fade_alpha(w, a, b, config.alpha, config.qep_damping, fade_alpha_max(config, spec.bits), config.rule)
     if config.check_rounded and alpha > 0 and a.n and b.n:
         notes["rounded_gain"] = rounded_gain(w, a, b, alpha, spec, config)
         if notes["rounded_gain"] <= 0:

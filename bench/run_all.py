@@ -9,8 +9,8 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from bench import (batching, deployment, deployment_draws, foundation, fuzz_audio, kernels, lanes, load, loop_guard, methods,
-                   personalization, quant_memory, sweep_speed, symmetric_grid, whisper_cpp_build)
+from bench import (batching, decoding_layout, deployment, deployment_draws, fade_cap_heldout, foundation, fuzz_audio, kernels,
+                   lanes, load, loop_guard, methods, personalization, quant_memory, sweep_speed, symmetric_grid, whisper_cpp_build)
 from bench.common import REPO
 
 # The seed-method table (NF4, GQ, W8A8) against RTN and GPTQ, real-speech calibration, 5 seeds.
@@ -85,9 +85,11 @@ def main() -> None:
     quant_memory.main(BIGGER_MODELS_RUN)
     sweep_speed.main([])  # the same 8-point grid in-process and on local Ray
     personalization.main([])
+    fade_cap_heldout.main([])  # FADE's 3-bit cap on the 54 real clips it was not chosen on
     fuzz_audio.main([])
     batching.main([])
     loop_guard.main([])  # the page's loop guard: real transcripts untouched, a looping run's time
+    decoding_layout.main([])  # the server's output layer laid out for decoding: the same transcripts, the time saved
     lanes.main([])  # an upload's two transcripts: one call after the other on every core, or both at once
     load.main([])  # 30 visitors, 10 min, public mode: two transcription lanes before the (niced) worker
     load.main(["--lanes", "1", "--out", "load-one-lane"])  # the same with one model call at a time on every core

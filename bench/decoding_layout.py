@@ -5,7 +5,8 @@ clips on one thread, clip by clip and alternating which copy goes first: every c
 sample_audio/ at full precision one at a time (the desk's usual call), the load test's upload clips four at a time
 (the desk's widest batch), and the upload clips with an RTN 4-bit g64 run (a quantized model the page serves).
 Reported: seconds per arm, the ratio, and how many transcripts differ between the layouts; then the output layer's
-product alone for 1-4 rows in both layouts.
+product alone for 1-4 rows in both layouts, and where a one-clip call's time goes (the encoder's fixed 30 s window
+against token-by-token decoding) with the layout the server uses.
 
     python -m bench.decoding_layout [--uploads 16]
 """
@@ -55,6 +56,31 @@ def head_milliseconds(weight: torch.Tensor, rows: int, repeats: int = 50) -> dic
     return times
 
 
+def call_anatomy(loaded, audios: list[np.ndarray]) -> dict:
+    """Per clip, one at a time: the whole call (engine/speech/transcribe.py), its log-mel features and encoder
+    alone (Whisper encodes a 30 s window whatever the clip's length), the rest (decoding), and the transcript's
+    tokens."""
+    from engine.speech.audio import SAMPLE_RATE
+    from engine.speech.transcribe import transcribe
+
+    call = encoder = 0.0
+    tokens = 0
+    for audio in audios:
+        start = time.perf_counter()
+        text = transcribe(loaded, [audio])[0]
+        call += time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.inference_mode():
+            features = loaded.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            loaded.model.model.encoder(features.input_features)
+        encoder += time.perf_counter() - start
+        tokens += len(loaded.tokens.encode(text)) + 1  # and the end of text
+    n = len(audios)
+    return {"clips": n, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE / n, "call_ms": 1000 * call / n,
+            "encoder_ms": 1000 * encoder / n, "decoding_ms": 1000 * (call - encoder) / n, "tokens": tokens / n,
+            "decoding_ms_per_token": 1000 * (call - encoder) / tokens}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from engine.errors import DatasetError
     from engine.quant.quantize import quantize
@@ -94,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
         "RTN 4-bit g64, upload clips, one at a time": _paired(rtn4, [[a] for a in uploads]),
     }
     head = {rows: head_milliseconds(full["row-major"].model.proj_out.weight.detach(), rows) for rows in (1, 2, 3, 4)}
-    data = {"threads": 1, "uploads": len(uploads), "arms": arms, "head_ms": head}
+    anatomy = call_anatomy(full["column-major"], uploads)
+    data = {"threads": 1, "uploads": len(uploads), "arms": arms, "head_ms": head, "call_anatomy": anatomy}
     lines = ["# The output layer laid out for decoding (column-major) against as it loads (row-major)", "",
              "tiny.en on one thread, the two copies alternating which goes first on each call "
              "(engine/whisper/decoding_layout.py; the server lays out every model it loads).", "",
@@ -107,6 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
               "mean of 50):", "",
               "| rows | row-major ms | column-major ms |", "| ---: | ---: | ---: |"]
     lines += [f"| {rows} | {t['row-major']:.2f} | {t['column-major']:.2f} |" for rows, t in head.items()]
+    a = anatomy
+    lines += ["", f"Where a one-clip call's time goes (full precision, column-major, the {a['clips']} upload clips one "
+              f"at a time, {a['audio_s']:.1f} s of audio a clip): {a['call_ms']:.0f} ms a call, of it log-mel features "
+              f"and the encoder {a['encoder_ms']:.0f} ms ({a['encoder_ms'] / a['call_ms']:.0%}; a 30 s window "
+              f"whatever the clip's length) and decoding {a['decoding_ms']:.0f} ms for {a['tokens']:.1f} tokens "
+              f"({a['decoding_ms_per_token']:.1f} ms a token, the output layer's product of one row among it)."]
     write_results("decoding_layout", data, "\n".join(lines))
     return data
 

@@ -4,15 +4,16 @@ Greedy decoding multiplies one hidden state per clip, (rows, d_model), by the ou
 at every token. Stored row-major, as it loads, torch hands that product to MKL as a GEMM with its second operand
 transposed, which for 1-3 rows runs at a third of the rate the same product gets with the weight stored
 column-major (the transpose contiguous): tiny.en's 51864 x 384 float32 head (80 MB, read once per token) took
-7.6 ms a step for one row on one thread against 2.7 ms, 25 ms against 8.0 ms for three, 12 ms against 8.8 ms for
-four (bench/results/decoding_layout.md; AMD EPYC, AVX-512, torch 2.13). The head is tied to the token
+9.7 ms a step for one row on one thread against 3.7 ms, 35 ms against 12 ms for three, 17 ms against 15 ms for
+four (bench/results/decoding_layout.md; AMD EPYC, AVX-512, torch 2.13; a quieter hour of the same machine: 7.6
+against 2.7 ms for one row). The head is tied to the token
 embedding, whose lookups read a few columns of the column-major storage instead of rows: no cost to speak of.
 
 The values are the same float32 numbers; the products are summed in another order (last-bit differences, like
 those between batch sizes, which the page already mixes), so a transcript can only change where two tokens tie to
 the last bit. Measured on one thread (bench/results/decoding_layout.md): the same transcripts on every clip
-compared (166 at full precision, 16 with RTN 4-bit), 10% less time a clip one at a time at full precision, 13% with
-RTN 4-bit, none four at a time (MKL's kernel for 4 rows is fast either way). Only for models that only transcribe:
+compared (166 at full precision, 16 with RTN 4-bit), 14% less time a clip one at a time at full precision, 15% with
+RTN 4-bit, 6% four at a time (MKL's kernel for 4 rows is fast either way). Only for models that only transcribe:
 quantizing, training and saving expect the row-major weight.
 """
 

@@ -198,7 +198,8 @@ NOTES = {  # what the rows are; remarks about particular runs (their timings, th
                 "stop 30, before e6f5e1f's faster pass (the same method; codes differ by summation order). The "
                 "3-bit rows were made before stop 32's packed calibration windows, and the 'fade 3b' rows before "
                 "FADE capped alpha at 0.5 at 3 bits (stop 36): explore-3bit.md holds all 3-bit rows again with "
-                "one commit's pass."),
+                "one commit's pass. The 4-bit rows were made again in stop 37 with 2936525's pass (packed windows), on an "
+                "AMD EPYC (the machine line is that run's; the stop 30 rows ran on an Intel Xeon)."),
     "explore-3bit": ("Stop 36's 3-bit rows, all made with the same pass (packed calibration windows): 'fade 3b' "
                      "rows made before b6f7733 are uncapped (alpha_max 1, the default then); 'fade alpha_max=0.5 "
                      "3b' is FADE's default since b6f7733 (a layer of 3 bits or fewer capped at 0.5). The 4-bit "

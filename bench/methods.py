@@ -198,12 +198,16 @@ NOTES = {  # what the rows are; remarks about particular runs (their timings, th
                 "stop 30, before e6f5e1f's faster pass (the same method; codes differ by summation order). The "
                 "3-bit rows were made before stop 32's packed calibration windows, and the 'fade 3b' rows before "
                 "FADE capped alpha at 0.5 at 3 bits (stop 36): explore-3bit.md holds all 3-bit rows again with "
-                "one commit's pass. The 4-bit rows were made again in stop 37 with 2936525's pass (packed windows), on an "
-                "AMD EPYC (the machine line is that run's; the stop 30 rows ran on an Intel Xeon)."),
+                "one commit's pass. The 4-bit rows were made again in stop 37 with 2936525's pass (packed "
+                "windows), on an AMD EPYC (the machine line is that run's; the stop 30 rows ran on an Intel Xeon); "
+                "the 'fade 4b' rows after that with FADE's cap at 0.5 at 4 bits, the default since stop 37 (they "
+                "record 567fee9, the commit under the cap's uncommitted change; the uncapped rows are in git "
+                "history and docs/methods.md)."),
     "explore-3bit": ("Stop 36's 3-bit rows, all made with the same pass (packed calibration windows): 'fade 3b' "
-                     "rows made before b6f7733 are uncapped (alpha_max 1, the default then); 'fade alpha_max=0.5 "
-                     "3b' is FADE's default since b6f7733 (a layer of 3 bits or fewer capped at 0.5). The 4-bit "
-                     "alpha_max=0.5 rows try the cap at 4 bits, where the default stays uncapped."),
+                     "rows are uncapped (alpha_max 1, the default then); 'fade alpha_max=0.5 3b' is FADE's default "
+                     "since 94e4ab7 (a layer of 3 bits or fewer capped at 0.5; 4 bits too since stop 37). The "
+                     "4-bit alpha_max=0.5 rows tried the cap at 4 bits. Commits d6eb2bc and 9f918e1 are stop 36's, "
+                     "lost when its hand-in was cut off and re-landed in stop 37: their code is b4c9717's."),
     "decoding": ("Every run scored twice on the same quantized model: greedy decoding (as in every other table) and "
                  "with Whisper's temperature fallback (engine/speech/transcribe.py: a window whose tokens compress "
                  "too well or whose mean log-probability is too low is decoded again at higher temperatures, "

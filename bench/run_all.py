@@ -85,7 +85,8 @@ def main() -> None:
     quant_memory.main(BIGGER_MODELS_RUN)
     sweep_speed.main([])  # the same 8-point grid in-process and on local Ray
     personalization.main([])
-    fade_cap_heldout.main([])  # FADE's 3-bit cap on the 54 real clips it was not chosen on
+    fade_cap_heldout.main([])  # FADE's cap on alpha on the 54 real clips it was not chosen on, 3 bits
+    fade_cap_heldout.main(["--bits", "4"])  # and 4 bits
     fuzz_audio.main([])
     batching.main([])
     loop_guard.main([])  # the page's loop guard: real transcripts untouched, a looping run's time

@@ -303,7 +303,7 @@ def _add_quant_options(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--clip-search", action="store_true", default=None,
                    help="fit each group's range by GPTQ's shrink search instead of min-max")
     g.add_argument("--alpha", type=float, help="QEP alpha (FADE: the prior alpha)")
-    g.add_argument("--alpha-max", type=float, help="fade: upper bound of a layer's alpha (default 0.5 at 3 bits or fewer, 1 above)")
+    g.add_argument("--alpha-max", type=float, help="fade: upper bound of a layer's alpha (default 0.5 at 4 bits or fewer, 1 above)")
     g.add_argument("--rule", choices=("heldout", "shrink"),
                    help="fade: a layer's alpha is its held-out optimum (default) or shrunk toward --alpha")
     g.add_argument("--check-rounded", action="store_true", default=None,

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # scored clip) and stores intervals; version 3 adds the latency on a real runtime; version 4 fits asymmetric
 # grids from each group's float minimum; version 5 packs calibration clips 4 to an encoder window; version 6
 # fits symmetric grids by ggml's q4_0 rule (engine/quant/formats.py: signed_grid); version 7 caps FADE's alpha at
-# 0.5 for layers of 3 bits or fewer (engine/quant/methods/fade.py: fade_alpha_max).
-RESULTS_VERSION = 7
+# 0.5 for layers of 3 bits or fewer (engine/quant/methods/fade.py: fade_alpha_max), version 8 at 4 bits too.
+RESULTS_VERSION = 8
 APP_CALIBRATION_CLIPS = 16  # fewer than the benchmarks' 32: a quantization on the page takes seconds, not a minute
 LATENCY_CLIPS = 3  # scored clips timed on the real runtime (after a warm-up on the first)
 WHISPER_CPP_FILE = "model-whisper.cpp.bin"  # in the run's artifact folder: the page's download

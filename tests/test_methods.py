@@ -133,17 +133,17 @@ def test_fade_rounded_check_keeps_a_correction_that_helps_after_rounding_and_dro
     assert forced.alpha == 0.0 and forced.notes["alpha_before_rounded_check"] > 0
 
 
-def test_fade_caps_alpha_at_half_for_layers_of_three_bits_or_fewer_unless_told():
+def test_fade_caps_alpha_at_half_for_layers_of_four_bits_or_fewer_unless_told():
     from engine.quant.methods.fade import fade_alpha_max
 
-    assert [fade_alpha_max(FADEConfig(bits=4), bits) for bits in (2, 3, 4, 8)] == [0.5, 0.5, 1.0, 1.0]
+    assert [fade_alpha_max(FADEConfig(bits=4), bits) for bits in (2, 3, 4, 5, 8)] == [0.5, 0.5, 0.5, 1.0, 1.0]
     assert fade_alpha_max(FADEConfig(bits=3, alpha_max=0.9), 3) == 0.9
     assert fade_alpha_max(FADEConfig(bits=4, alpha_max=0.25), 4) == 0.25
-    # A layer whose held-out optimum is above the cap: 3-bit rows are capped, a 4-bit row is not.
+    # A layer whose held-out optimum is above the cap: 4-bit rows are capped, a 5-bit row is not.
     w, _, _, stats, spec = layer_setup(drift=0.5, n=4096)
     outcome = {bits: get_method("fade").quantize_layer(w, stats, dataclasses.replace(spec, bits=bits),
-                                                       FADEConfig(bits=bits, group_size=-1)) for bits in (3, 4)}
-    assert outcome[3].alpha == 0.5 and outcome[4].alpha > 0.7
+                                                       FADEConfig(bits=bits, group_size=-1)) for bits in (4, 5)}
+    assert outcome[4].alpha == 0.5 and outcome[5].alpha > 0.7
     with pytest.raises(ConfigError):
         FADEConfig(bits=3, alpha_max=1.5)
 

@@ -112,9 +112,9 @@ class FADEConfig(QEPConfig):
     """QEP with a per-layer alpha computed from layer diagnostics (see engine/quant/methods/fade.py)."""
 
     alpha: float = 0.75  # the prior: "shrink" pulls unreliable layers toward it; "heldout" uses it for degenerate solves
-    # Upper bound of a layer's alpha; None: 0.5 for a layer of 3 bits or fewer, 1 above (fade.fade_alpha_max).
-    # Capped at the prior (0.75) at 4 bits it was worse with both calibration sources; at 3 bits the cap of 0.5
-    # halved the looping draws with sample calibration (docs/methods.md, "The 3-bit cap").
+    # Upper bound of a layer's alpha; None: 0.5 for a layer of 4 bits or fewer, 1 above (fade.fade_alpha_max).
+    # At 3 bits the cap halved the looping draws with sample calibration, at 4 bits it lowered the WER of every
+    # sample draw (docs/methods.md, "The cap on alpha"); capped at the prior (0.75) 4 bits had been worse.
     alpha_max: float | None = None
     rule: str = "heldout"  # how a layer's alpha follows from its held-out optimum (engine/quant/methods/fade.py)
     # Keep a layer's plain rounding where its correction, fitted and rounded on one half of the calibration

@@ -12,7 +12,7 @@ the calibration moments are kept in two clip-disjoint halves A and B. For each l
        "heldout" (default): alpha_l = clip( alpha_ho, 0, alpha_max ): the held-out optimum itself;
        "shrink":            alpha_l = clip( r * alpha_ho + (1 - r) * alpha_prior, 0, alpha_max ).
      alpha_prior = the config's alpha, used by "heldout" only where the solve is degenerate (no drift to
-     correct, or no gain even in-sample); alpha_max = the config's, else 0.5 at 3 bits or fewer and 1 above.
+     correct, or no gain even in-sample); alpha_max = the config's, else 0.5 at 4 bits or fewer and 1 above.
 With speaker-disjoint halves alpha_ho answers "how much of a correction fitted on these voices helps another
 voice". r is close to alpha_ho^2 (the in-sample optimum is about 1), so "shrink" pulls exactly the layers
 whose correction does not transfer (small alpha_ho) up to the prior: measured, that made FADE loop with TTS
@@ -98,14 +98,14 @@ def rounded_gain(w: torch.Tensor, a: Moments, b: Moments, alpha: float, spec: La
 
 
 LOW_BIT_ALPHA_MAX = 0.5  # the cap of a layer of LOW_BITS or fewer when the config sets none
-LOW_BITS = 3
+LOW_BITS = 4  # measured at 3 and 4 bits; 5 bits and up were not, so they stay uncapped
 
 
 def fade_alpha_max(config: FADEConfig, bits: int) -> float:
-    """A layer's upper bound of alpha: the config's, else 0.5 at 3 bits or fewer and 1 above. At 3 bits a strong
-    correction fitted on a few voices made greedy decoding loop on other speakers (sample calibration: 2 of 5
-    draws looped uncapped, 1 with the cap; docs/methods.md, "The 3-bit cap"); at 4 bits a cap at the prior was
-    worse (docs/methods.md), so above 3 bits none."""
+    """A layer's upper bound of alpha: the config's, else 0.5 at 4 bits or fewer and 1 above. A strong correction
+    fitted on a few voices does not carry over to other speakers: at 3 bits it made greedy decoding loop (sample
+    calibration: 2 of 5 draws looped uncapped, 1 with the cap), at 4 bits capped was lower on every sample draw
+    (-0.47 points on test-other, -0.42 on 54 held-out real clips; docs/methods.md, "The cap on alpha")."""
     if config.alpha_max is not None:
         return config.alpha_max
     return LOW_BIT_ALPHA_MAX if bits <= LOW_BITS else 1.0

@@ -186,6 +186,37 @@ def row_statistics(rs: list, fp32: dict) -> str:
             f"{100 * ci.low:+.1f} to {100 * ci.high:+.1f} | ")
 
 
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t, 97.5%
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean of per-draw values and its 95% interval (t over the draws; the mean alone for one draw)."""
+    mean, std = mean_std(values)
+    half = T95.get(len(values) - 1, 1.96) * std / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
+def paired_lines(groups: dict[tuple, list]) -> list[str]:
+    """Each FADE row minus every other row of the same bits and calibration source, draw by draw (the same seed
+    draws the same calibration clips), in WER points with the t interval over the draws."""
+    lines = []
+    for (label, source), rs in sorted(groups.items()):
+        if not label.startswith("fade"):
+            continue
+        mine = {r["seed"]: r["wer"] for r in rs}
+        for (other, other_source), os_ in sorted(groups.items()):
+            theirs = {r["seed"]: r["wer"] for r in os_}
+            seeds = sorted(set(mine) & set(theirs))
+            if (other_source != source or other.split()[-1] != label.split()[-1] or len(seeds) < 2
+                    or (other.startswith("fade") and other <= label)):  # each pair of FADE rows once
+                continue
+            diffs = [100 * (mine[seed] - theirs[seed]) for seed in seeds]
+            mean, low, high = mean_interval(diffs)
+            lines.append(f"- {label} minus {other}, {source}: {mean:+.2f} ({low:+.2f} to {high:+.2f}; per draw "
+                         + " ".join(f"{d:+.1f}" for d in diffs) + ")")
+    return lines
+
+
 NOTES = {  # what the rows are; remarks about particular runs (their timings, their history) are in run-notes.md
     "grids": ("The grid and output-layer choices of docs/methods.md at ggml's block width (g32), every linear layer "
               "of the blocks in torch: integer_zero=True rows use the GPTQ reference's uint8 zero point, the others "
@@ -240,7 +271,7 @@ def markdown(runs: dict, note: str = "") -> str:
         fp32_line += f"; with temperature fallback {100 * runs['fp32']['wer_fallback']:.2f}%"
     columns = ["method", "calibration", "seeds:", "WER mean %:", "WER std:", "per seed",
                *(["fallback WER mean %:", "fallback per seed"] if fallback else []),
-               "design spk WER %:", "other spk WER %:", "Δ vs fp32 (points):", "95% interval of Δ", "quant s:",
+               "95% of the mean (draws)", "design spk WER %:", "other spk WER %:", "Δ vs fp32 (points):", "95% interval of Δ", "quant s:",
                "peak RSS MB:"]
     lines = [
         "# Methods: tiny.en on 50 LibriSpeech test-other clips, group size 64 (or the label's gN), "
@@ -258,16 +289,23 @@ def markdown(runs: dict, note: str = "") -> str:
         if fallback:
             extra = (f"{100 * mean_std([r['wer_fallback'] for r in rs])[0]:.2f} | "
                      + " ".join(f"{100 * r['wer_fallback']:.1f}" for r in rs) + " | ")
+        _, low, high = mean_interval([100 * r["wer"] for r in rs])
         lines.append(f"| {label} | {source} | {len(rs)} | {100 * mean:.2f} | {100 * std:.2f} | {per_seed} | {extra}"
+                     f"{low:.1f} to {high:.1f} | "
                      f"{row_statistics(rs, runs.get('fp32'))}"
                      f"{mean_std([r['quant_seconds'] for r in rs])[0]:.0f} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
+    paired = paired_lines(groups)
+    if paired:
+        lines += ["", "FADE rows against the others of their bits and source, paired by calibration draw (WER points, "
+                  "95% interval t over the draws):", "", *paired]
     lines += ["", "sample = the project's sample_audio (two TTS voices, Piper joe and hibari heart, draws stratified "
               "by voice); sample 1 voice = the earlier sample_audio, Piper joe alone (rows kept for comparison); "
               "real = ../shared/speech outside test-other. '(alternating halves)' marks FADE rows from before its "
               "held-out halves became speaker-disjoint. Design speakers: LibriSpeech "
               f"{' and '.join(DESIGN_SPEAKERS)} (20 clips), on which design settings are chosen; other: the remaining "
               "3 speakers (30 clips). Δ vs fp32: the row's mean WER minus fp32's on the same 50 clips, with a paired "
-              "bootstrap 95% interval over clips and the row's seeds (engine/speech/intervals.py); '-' for runs made before "
+              "bootstrap 95% interval over clips and the row's seeds (engine/speech/intervals.py); 95% of the mean: t over "
+              "the row's draws (what another 5 draws would average); '-' for runs made before "
               "per-clip errors were stored. Peak RSS is the whole process (model, data and the pass).", "",
               "Runs by the commit that made them: " + ", ".join(f"{c or 'not recorded'} {n}" for c, n in
                                                                _count_commits(runs).items()) + ".", "", note]

@@ -63,3 +63,26 @@ def test_wer_interval_covers_the_corpus_wer_and_is_seeded():
 def test_paired_delta_refuses_mismatched_utterances():
     with pytest.raises(ValueError, match="same utterances"):
         paired_delta([[1, 2, 3]], [1, 2], [5, 5])
+
+
+def test_bench_pairs_fade_with_each_row_by_draw_and_its_interval_excludes_zero_only_for_a_real_shift():
+    from bench.methods import mean_interval, paired_lines
+
+    assert mean_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)  # no spread over the draws: no width
+    mean, low, high = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and low < 3.0 < high and abs((high - mean) - 2.78 * (2.5 ** 0.5) / 5 ** 0.5) < 1e-9
+
+    def rows(label, wers):
+        return [{"label": label, "seed": seed, "wer": w} for seed, w in enumerate(wers)]
+
+    groups = {("fade 4b", "real"): rows("fade 4b", [0.14, 0.15, 0.13, 0.16, 0.14]),
+              ("gptq 4b", "real"): rows("gptq 4b", [0.16, 0.17, 0.15, 0.18, 0.17]),  # 2-3 points worse each draw
+              ("qep a=0.25 4b", "real"): rows("qep a=0.25 4b", [0.15, 0.14, 0.14, 0.15, 0.15]),
+              ("gptq 3b", "real"): rows("gptq 3b", [0.3] * 5),  # other bits: never paired with a 4-bit row
+              ("gptq 4b", "sample"): rows("gptq 4b", [0.2] * 5)}  # other source: likewise
+    lines = paired_lines(groups)
+    assert len(lines) == 2 and lines[0].startswith("- fade 4b minus gptq 4b, real: -2.20 (")
+    low, high = (float(x) for x in lines[0].split("(")[1].split(";")[0].split(" to "))
+    assert high < 0  # a consistent shift: the interval excludes 0
+    low, high = (float(x) for x in lines[1].split("(")[1].split(";")[0].split(" to "))
+    assert low < 0 < high  # a difference that changes sign between draws: it does not

@@ -67,14 +67,22 @@ def test_temperature_fallback_breaks_the_loops_of_a_collapsed_model(tiny, test_o
 
 def test_suppression_built_once_gives_transformers_own_scores_and_transcripts(tiny, test_other):
     import torch
-    from transformers import SuppressTokensLogitsProcessor
+    from transformers import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
 
-    from engine.speech.transcribe import SuppressTokens
+    from engine.speech.transcribe import SuppressTokens, SuppressTokensAtBegin
 
     tokens = tiny.model.generation_config.suppress_tokens
     scores = torch.randn(3, tiny.model.config.vocab_size)
     ids = torch.zeros(3, 1, dtype=torch.long)
     assert torch.equal(SuppressTokens(tokens)(ids, scores), SuppressTokensLogitsProcessor(tokens)(ids, scores))
+    begin = tiny.model.generation_config.begin_suppress_tokens
+    ours, theirs = SuppressTokensAtBegin(begin), SuppressTokensAtBeginLogitsProcessor(begin, begin_index=0)
+    ours.set_begin_index(2)
+    theirs.set_begin_index(2)
+    for length in (2, 3):  # at the first generated token (masked) and after it (untouched)
+        ids = torch.zeros(3, length, dtype=torch.long)
+        assert torch.equal(ours(ids, scores), theirs(ids, scores))
+    assert torch.isinf(ours(torch.zeros(3, 2, dtype=torch.long), scores)[:, begin]).all()
     # transformers' own decoding (its per-step suppression) of real clips gives the very same text
     audios = [load_audio(u.path) for u in load_dataset(test_other)[:4]]
     inputs = tiny.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)

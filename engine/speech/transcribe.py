@@ -85,6 +85,25 @@ class SuppressTokens(LogitsProcessor):
         return torch.where(self._mask.to(scores.device), -float("inf"), scores)
 
 
+class SuppressTokensAtBegin(SuppressTokens):
+    """transformers' SuppressTokensAtBeginLogitsProcessor (the same scores out) with its mask built once and
+    applied only at the first generated token: that one builds the mask at every step, though it uses it at one,
+    about 0.4 ms a step on one thread (3% of a decoding step of tiny.en). Whisper's generate sets the prompt's
+    length through set_begin_index, as for its own."""
+
+    def __init__(self, tokens: Sequence[int], begin_index: int = 0):
+        super().__init__(tokens)
+        self.begin_index = begin_index
+
+    def set_begin_index(self, begin_index: int) -> None:
+        self.begin_index = begin_index
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] != self.begin_index:
+            return scores
+        return super().__call__(input_ids, scores)
+
+
 def _generate(loaded: LoadedModel, batch: Sequence[np.ndarray], long_form: bool, language: str | None,
               fallback: bool, tokens_per_second: float | None = None) -> list[Decoded]:
     extractor = loaded.feature_extractor
@@ -98,10 +117,13 @@ def _generate(loaded: LoadedModel, batch: Sequence[np.ndarray], long_form: bool,
     if long_form:
         kwargs["condition_on_prev_tokens"] = False
     suppress = loaded.model.generation_config.suppress_tokens
-    if suppress and not long_form:
+    begin_suppress = loaded.model.generation_config.begin_suppress_tokens
+    if (suppress or begin_suppress) and not long_form:
         # Whisper's generate puts its suppression first and the timestamp rule after it, which reads the masked
         # scores; short-form decoding has no timestamp rule, so only masks meet here and their order is moot.
-        kwargs.update(suppress_tokens=None, logits_processor=LogitsProcessorList([SuppressTokens(suppress)]))
+        processors = [SuppressTokens(suppress)] if suppress else []
+        processors += [SuppressTokensAtBegin(begin_suppress)] if begin_suppress else []
+        kwargs.update(suppress_tokens=None, begin_suppress_tokens=None, logits_processor=LogitsProcessorList(processors))
     if loaded.tokens.is_multilingual:
         kwargs.update(language=language or "en", task="transcribe")
     budget = None

@@ -23,6 +23,7 @@ import random
 import re
 import socket
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,16 @@ THINK_SECONDS = (2.0, 6.0)  # between a visitor's requests (listening, reading, 
 TARGET_P95_S = {"/transcribe demo": 3.0, "/transcribe upload": 6.0}
 TARGET_BUSY_SHARE = 0.05
 TARGET_PEAK_MB = 3 * 1024
+# gradio_client opens a new httpx client for each upload, stream and answer, and httpx builds a TLS context for
+# each, loading the system's CA certificates, even for http://: 90 ms of this process's CPU a request, against
+# 8 ms with one context built here and handed to every visitor (their addresses are http on the loopback, so it
+# is never used). Before, the visitors took about a fifth of the 2 cores the server was being measured on.
+TLS_CONTEXT = ssl.create_default_context()
+
+
+def client(url: str) -> Client:
+    """A gradio_client for ``url`` sharing this process's one TLS context."""
+    return Client(url, verbose=False, ssl_verify=TLS_CONTEXT)  # httpx takes a context where a bool may go
 
 
 @dataclass
@@ -89,7 +100,7 @@ def wait_for(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
         if server.poll() is not None:
             raise SystemExit(f"the server exited with {server.returncode} before answering")
         try:
-            Client(url, verbose=False).close()
+            client(url).close()
             return
         except Exception:  # not up yet: connection refused or config not served
             time.sleep(1)
@@ -184,7 +195,7 @@ def own_recording(pool: list[np.ndarray], rng: random.Random, folder: Path) -> P
 def visitor(url: str, clips: list[Path], pool: list[np.ndarray], folder: Path, deadline: float, seed: int,
             out: list[Request]) -> None:
     rng = random.Random(seed)
-    client = Client(url, verbose=False)
+    visitor_client = client(url)
     run_id = ""
     try:
         while time.monotonic() < deadline:
@@ -203,7 +214,7 @@ def visitor(url: str, clips: list[Path], pool: list[np.ndarray], folder: Path, d
             digest = audio_digest(path) if endpoint == "/transcribe upload" else ""  # only uploads are matched
             start = time.monotonic()
             try:
-                answer = client.predict(*args, api_name=endpoint.split()[0])
+                answer = visitor_client.predict(*args, api_name=endpoint.split()[0])
             except Exception as exc:  # the server's answer (gradio raises AppError) or a dropped connection
                 text = str(exc).replace("\n", " ")[:200]
                 outcome = "busy" if any(w in text for w in BUSY_WORDS) else "error"
@@ -214,7 +225,7 @@ def visitor(url: str, clips: list[Path], pool: list[np.ndarray], folder: Path, d
                 run_id = request.run_id = answer["run_id"]
             out.append(request)
     finally:
-        client.close()
+        visitor_client.close()
 
 
 def audio_digest(path: Path) -> str:
@@ -301,8 +312,8 @@ def main(argv: list[str] | None = None) -> None:
             watch.stop.set()
             client_cpu = time.process_time() - client_cpu
             alive = server.poll() is None
-            check = Client(url, verbose=False).predict(handle_file(str(clips[0])), "tiny.en", None, "",
-                                                       api_name="/transcribe")[0] if alive else ""
+            check = client(url).predict(handle_file(str(clips[0])), "tiny.en", None, "",
+                                    api_name="/transcribe")[0] if alive else ""
             with sqlite3.connect(data_dir / "history.sqlite") as db:
                 history_ids = [row[0] for row in db.execute("SELECT run_id FROM runs")]
                 integrity = db.execute("PRAGMA integrity_check").fetchone()[0]

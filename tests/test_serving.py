@@ -130,6 +130,37 @@ def test_requests_waiting_for_the_cpu_are_answered_in_one_batch(tiny):
     assert [answers[i] for i in range(4)] == alone + alone[:1]  # batched greedy decoding: each clip its own text
 
 
+def test_a_short_line_runs_in_every_lane_and_only_a_long_one_is_batched(monkeypatch):
+    import serving.transcription as desk_module
+    from engine.speech.transcribe import Decoded
+
+    sizes: list[int] = []
+    both = threading.Barrier(2)  # each call lasts until another runs beside it, as a second lane's real one would
+
+    def call(loaded, batch, **options):
+        sizes.append(len(batch))
+        try:
+            both.wait(timeout=5)
+        except threading.BrokenBarrierError:  # a third call: nothing runs beside it any more
+            both.reset()
+        return [Decoded(f"heard {len(a)}") for a in batch]
+
+    monkeypatch.setattr(desk_module, "transcribe_detailed", call)
+    for waiting, calls in ((2, [1, 1]), (4, [2, 2]), (7, [4, 3])):  # a line of 2 in 2 lanes: no batch
+        sizes.clear()
+        desk = TranscriptionDesk(max_batch=4, lanes=2)
+        with lanes_taken(desk):
+            threads = [threading.Thread(target=desk.transcribe,
+                                        args=("full", "tiny.en", np.full(1000 + i, 0.1, dtype=np.float32)))
+                       for i in range(waiting)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: len(desk._waiting) == waiting)
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(sizes, reverse=True) == calls, (waiting, sizes)
+
+
 def test_waiting_requests_for_different_models_are_answered_in_arrival_order(tiny, monkeypatch):
     import serving.transcription as desk_module
     from engine.speech.audio import load_audio

@@ -59,8 +59,9 @@ TARGET_BUSY_SHARE = 0.05
 TARGET_PEAK_MB = 3 * 1024
 # gradio_client opens a new httpx client for each upload, stream and answer, and httpx builds a TLS context for
 # each, loading the system's CA certificates, even for http://: 90 ms of this process's CPU a request, against
-# 8 ms with one context built here and handed to every visitor (their addresses are http on the loopback, so it
-# is never used). Before, the visitors took about a fifth of the 2 cores the server was being measured on.
+# 8 ms with one context built here and handed to every visitor (timed once, one client's demo requests; their
+# addresses are http on the loopback, so it is never used). Each result's CPU line shows the effect: the client
+# took 264 of the 1200 CPU seconds before (load-decoding-layout.md), 88 after (load-shared-tls.md).
 TLS_CONTEXT = ssl.create_default_context()
 
 

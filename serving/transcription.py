@@ -6,11 +6,11 @@ touching the model. Audio is keyed by its decoded samples, so the same clip uplo
 or served from gradio's cache is the same key. Requests wait in one line, worked off in arrival order by
 ``lanes`` model calls at once (threads of the desk's own, started while the line is not empty): a free lane
 takes the oldest waiting request with others waiting for its model in one batch when the line is longer
-than the lanes (up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model calls, a short
-line runs in every lane at once, and no request is overtaken by a later one for another model. A request that needs two models (an upload: full precision and the visitor's run) joins
-the line once with both, and with two lanes both run at the same time. On 2 cores two calls of 1 torch thread
-each answered such a request in 0.61x the time of one 2-thread call after the other
-(bench/results/lanes.md).
+than the lanes not in a call (up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model
+calls, a short line runs in every lane at once, and no request is overtaken by a later one for another model.
+A request that needs two models (an upload: full precision and the visitor's run) joins the line once with
+both, and with two lanes both run at the same time. On 2 cores two calls of 1 torch thread each answered
+such a request in 0.61x the time of one 2-thread call after the other (bench/results/lanes.md).
 
 Two bounded rooms, one place per session in each: ``reading`` for decoding a request's audio and looking up
 shared answers (quick), ``entered`` for the requests that need the model. A shared answer never waits for,

@@ -65,7 +65,7 @@ def test_temperature_fallback_breaks_the_loops_of_a_collapsed_model(tiny, test_o
     assert transcribe(tiny, jfk, fallback=True) == transcribe(tiny, jfk)
 
 
-def test_suppression_built_once_gives_transformers_own_scores_and_transcripts(tiny, test_other):
+def test_suppression_built_once_gives_transformers_own_scores_and_transcripts(tiny, test_other, monkeypatch):
     import torch
     from transformers import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
 
@@ -89,7 +89,21 @@ def test_suppression_built_once_gives_transformers_own_scores_and_transcripts(ti
     with torch.inference_mode():
         out = tiny.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, num_beams=1,
                                   do_sample=False)
+    # Whisper's generate tells the begin-suppression where the prompt ends: it masks at the first generated token
+    # only (a transcript rarely shows it, so the masks are watched)
+    masked_at: list[tuple[int, bool]] = []
+    real_call = SuppressTokensAtBegin.__call__
+
+    def watched(self, input_ids, scores):
+        out = real_call(self, input_ids, scores)
+        masked_at.append((input_ids.shape[-1], bool(torch.isinf(out[:, begin]).all())))
+        return out
+
+    monkeypatch.setattr(SuppressTokensAtBegin, "__call__", watched)
     assert transcribe(tiny, audios) == [tiny.tokens.decode(seq.tolist()) for seq in out]
+    prompt = masked_at[0][0]
+    assert prompt >= 1 and masked_at[0][1] and not any(masked for _, masked in masked_at[1:])
+    assert [length for length, _ in masked_at] == list(range(prompt, prompt + len(masked_at)))
 
 
 def test_token_budget_stops_each_row_at_its_own_length_and_names_the_rows_it_cut():

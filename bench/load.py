@@ -237,10 +237,11 @@ def audio_digest(path: Path) -> str:
     return audio_key(load_audio(path))[:12]
 
 
-TIMING_LINE = re.compile(r"transcription (?P<audio>[0-9a-f]{12}): [\d.]+ s audio, (?P<shared>\d+) of (?P<asked>\d+) "
+TIMING_LINE = re.compile(r"transcription (?P<audio>[0-9a-f]{12}): (?P<seconds>[\d.]+) s audio, (?P<shared>\d+) of (?P<asked>\d+) "
                          r"answers shared; read (?P<read>[\d.]+) s, room (?P<room>[\d.]+) s, load (?P<load>[\d.]+) s, "
                          r"line\+model (?P<line>[\d.]+) s \(model (?P<model>[\d.]+) s\), total (?P<total>[\d.]+) s")
 SPLIT_PARTS = ("read", "room", "load", "line", "model", "total")
+SLOWEST = 10  # uploads listed one by one in the report: the p95 of ~200 is the 10th slowest
 
 
 def server_split(requests: list[Request], server_log: str) -> dict:
@@ -253,9 +254,13 @@ def server_split(requests: list[Request], server_log: str) -> dict:
     parts = {part: [float(m[part]) for _, m in matched] for part in SPLIT_PARTS}
     parts["outside"] = [r.seconds - float(m["total"]) for r, m in matched]
     parts["shared answers"] = [float(m["shared"]) for _, m in matched]
+    slowest = sorted(matched, key=lambda pair: pair[0].seconds, reverse=True)[:SLOWEST]
     return {"matched": len(matched),
             **{part: {"p50": percentile(v, 0.5), "p95": percentile(v, 0.95), "mean": statistics.fmean(v) if v else None}
-               for part, v in parts.items()}}
+               for part, v in parts.items()},
+            # the tail itself: which of the slowest loaded a run, how long their own calls and audio were
+            "slowest": [{"visitor": round(r.seconds, 2), "audio": float(m["seconds"]), "models": int(m["asked"]),
+                         **{part: float(m[part]) for part in ("load", "line", "model")}} for r, m in slowest]}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -440,6 +445,11 @@ def report(args, requests, watch, alive, answers_after, history_ids, integrity, 
               "| part | p50 s | p95 s | mean s |", "| --- | ---: | ---: | ---: |",
               *[f"| {part} | {fmt(split[part]['p50'])} | {fmt(split[part]['p95'])} | {fmt(split[part]['mean'])} |"
                 for part in (*SPLIT_PARTS, "outside")]]
+    lines += ["", f"The {len(split['slowest'])} slowest answered uploads (seconds; models: transcriptions the upload "
+              "asked for, 2 with a quantized run):", "",
+              "| at the visitor | audio | models | load | line+model | model |", "| ---: | ---: | ---: | ---: | ---: | ---: |",
+              *[f"| {u['visitor']:.2f} | {u['audio']:.1f} | {u['models']} | {u['load']:.2f} | {u['line']:.2f} | "
+                f"{u['model']:.2f} |" for u in split["slowest"]]]
     calls = data["model_calls"]
     lines += ["", f"The transcription desk's model calls: {calls['calls']} for {calls['clips']} clips (clips per call: "
               + ", ".join(f"{n}: {k}" for n, k in calls["clips_per_call"].items())

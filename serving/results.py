@@ -92,6 +92,7 @@ class ResultStore:
         # run id -> (model, summary); a room transcribing with one run at once shares one load of it
         self._loaded: ModelCache[tuple[LoadedModel, dict]] = ModelCache(kept_loaded, self._load, release_memory)
         self._tensors = TensorPool()
+        self._tokenizers: dict = {}  # tokenizer file digest -> WhisperTokens: one a model, shared by its runs
         # run id -> summary of the runs finished or answered lately, most recent last: a finished run is loaded
         # only when a transcription needs its model (most of a room's demo clicks are answered from kept
         # transcripts), so the summaries are kept apart from the loaded models.
@@ -100,8 +101,10 @@ class ResultStore:
 
     def _load(self, run_id: str) -> tuple[LoadedModel, dict]:
         # as codes: a kept run holds ~10 MB instead of ~66 MB of float weights (unpacked per transcription)
-        loaded, meta = load_quantized(self.root / run_id, compact=True)
-        lay_out_for_decoding(loaded.model)  # it only transcribes here; as the base model's, so the pool shares it
+        loaded, meta = load_quantized(self.root / run_id, compact=True, tokenizers=self._tokenizers)
+        # it only transcribes here; laid out as the base model's before sharing: the pool's equality check of
+        # the output layer reads both alike (one row-major, the other column-major took it 0.2 s)
+        lay_out_for_decoding(loaded.model)
         base = self._base_model(meta["model"]["name"]) if self._base_model else None
         if base is not None:
             self._tensors.share(base.model)

@@ -91,9 +91,9 @@ def test_pack_unpack_round_trip_and_size(bits, n, seed):
     assert torch.equal(unpack_codes(packed, bits, n).long(), codes)
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5])
-def test_unpack_over_several_chunks(bits):
-    n = 2 * (1 << 20) + 13  # the general path unpacks a million codes at a time
+@pytest.mark.parametrize("bits", [3, 4, 5, 7])
+def test_unpack_a_layers_worth(bits):
+    n = 2 * (1 << 20) + 13  # more than a large layer's codes, not a whole number of eight-code words
     codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
     assert torch.equal(unpack_codes(pack_codes(codes, bits), bits, n), codes)
 

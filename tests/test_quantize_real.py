@@ -123,6 +123,11 @@ def _assert_compact_load_matches(folder, result, demo_audio):
             assert torch.equal(tensor, original[name]), name
     assert compact.model.get_submodule(quantized[0]).weight.numel() == 0
     assert transcribe(compact, demo_audio) == transcribe(result.loaded, demo_audio)
+    tokenizers = {}  # a server's: a model's runs share the tokenizer read for the first of them
+    first, _ = load_quantized(folder, compact=True, tokenizers=tokenizers)
+    again, _ = load_quantized(folder, compact=True, tokenizers=tokenizers)
+    assert len(tokenizers) == 1 and first.tokens is again.tokens
+    assert first.tokens.tokenizer.get_vocab() == compact.tokens.tokenizer.get_vocab()
 
 
 def _round_trip(result, demo_audio, folder):

@@ -417,6 +417,7 @@ def test_the_load_test_reads_the_servers_timing_line(caplog):
     found = TIMING_LINE.search(caplog.text)
     assert found is not None and found["audio"] == audio_key(audio)[:12]
     assert (found["shared"], found["asked"], found["load"], found["model"]) == ("1", "2", "0.500", "2.000")
+    assert found["seconds"] == "3.0"
 
 
 def test_the_page_says_when_the_loop_guard_stopped_a_transcript():

@@ -160,11 +160,14 @@ def read_metadata(folder: str | Path) -> dict:
     return meta
 
 
-def load_quantized(folder: str | Path, compact: bool = False) -> tuple[LoadedModel, dict]:
+def load_quantized(folder: str | Path, compact: bool = False,
+                   tokenizers: dict[str, WhisperTokens] | None = None) -> tuple[LoadedModel, dict]:
     """Rebuild the quantized model exactly (bit-identical weights) and return it with its metadata.
 
     compact: keep the quantized layers as codes, unpacked only inside ``loaded.in_use()`` (which transcribe
-    enters): for a server holding many runs (engine/quant/compact.py)."""
+    enters): for a server holding many runs (engine/quant/compact.py). tokenizers: tokenizers read before, by
+    their file's digest, shared with this run when its file is the same (every run of one model has the same
+    file; reading it took a fifth of a tiny.en run's load); a new one is added."""
     folder = Path(folder)
     meta = verify_artifact(folder)
     try:
@@ -189,7 +192,7 @@ def load_quantized(folder: str | Path, compact: bool = False) -> tuple[LoadedMod
             if layer in dropped:
                 state[pname].zero_()
             elif pname in tensors:
-                state[pname].copy_(torch.from_numpy(tensors[pname].astype(np.float32)))
+                state[pname].copy_(torch.from_numpy(tensors[pname]))  # float16 to float32 in the copy: exact
             elif state[pname].data_ptr() not in quantized:
                 raise ArtifactError(f"{folder / WEIGHTS_FILE} has no tensor for {pname}.")
         if not compact:
@@ -197,12 +200,21 @@ def load_quantized(folder: str | Path, compact: bool = False) -> tuple[LoadedMod
                 model.get_submodule(name).weight.copy_(qt.dequantize())
     if meta.get("activations"):
         attach_input_quantizers(model, meta["activations"])
-    tokens = WhisperTokens.from_file(folder / TOKENIZER_FILE, config.vocab_size)
+    tokens = _tokenizer(folder / TOKENIZER_FILE, config.vocab_size, tokenizers)
     loaded = LoadedModel(f"{meta['model']['name']} ({meta['quant_config']['method']})", model,
                          WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokens, f"quantized artifact {folder}")
     if compact:
         loaded.in_use = CompactWeights(model, weights).in_use
     return loaded, meta
+
+
+def _tokenizer(path: Path, vocab_size: int, tokenizers: dict[str, WhisperTokens] | None) -> WhisperTokens:
+    if tokenizers is None:
+        return WhisperTokens.from_file(path, vocab_size)
+    digest = files_sha256([path], salt=f"vocab {vocab_size}")
+    if digest not in tokenizers:
+        tokenizers[digest] = WhisperTokens.from_file(path, vocab_size)
+    return tokenizers[digest]
 
 
 def weights_from(meta: dict, tensors: dict[str, np.ndarray], model) -> dict:

@@ -21,6 +21,9 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
     ASRQ_TRANSCRIPTION_LANES=2  model calls the server runs at once, each on its share of the transcription
                                 threads (default: 2 in priority mode on 2 or more cores, else 1); two lanes
                                 answer an upload's full-precision and quantized transcripts side by side
+    ASRQ_TRANSCRIPTION_BATCH=1  waiting requests for one model a lane answers in one call (default 1: one by
+                                one; a batch bought no time since the output layer is laid out for decoding,
+                                bench/results/batching.md, and makes each of its requests wait for the whole call)
 """
 
 from __future__ import annotations
@@ -80,13 +83,14 @@ class ServingPolicy:
     worker_threads: int | None = None
     transcribe_threads: int | None = None  # per model call
     transcription_lanes: int = 1  # model calls at once in the server
+    transcription_batch: int = 1  # waiting requests for one model answered in one call (see ASRQ_TRANSCRIPTION_BATCH)
     # niceness of the worker process (0-19): above 0 the kernel's scheduler gives a transcription the cores a
     # running job also wants, and the job gets them back the moment transcriptions stop
     worker_nice: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_audio_seconds", "job_seconds", "max_waiting_jobs", "kept_models",
-                     "kept_results", "kept_artifacts", "transcription_lanes"):
+                     "kept_results", "kept_artifacts", "transcription_lanes", "transcription_batch"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f"{name} must be positive, not {getattr(self, name)}.")
         for name in ("worker_threads", "transcribe_threads"):
@@ -131,6 +135,11 @@ class ServingPolicy:
         if env.get("ASRQ_TRANSCRIPTION_LANES", "").strip():
             total = warm_up.get("transcribe_threads", available_cores()) * warm_up.get("transcription_lanes", 1)
             warm_up.update(_lanes_from(env["ASRQ_TRANSCRIPTION_LANES"], total))
+        if env.get("ASRQ_TRANSCRIPTION_BATCH", "").strip():
+            text = env["ASRQ_TRANSCRIPTION_BATCH"].strip()
+            if not text.isdigit() or int(text) < 1:
+                raise PolicyError(f"ASRQ_TRANSCRIPTION_BATCH must be a whole number of 1 or more, not {text!r}.")
+            warm_up["transcription_batch"] = int(text)
         if public:
             return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
         return cls(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)

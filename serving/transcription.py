@@ -5,9 +5,12 @@ kept by (audio content, model, run, decoding) and handed to the next visitor who
 touching the model. Audio is keyed by its decoded samples, so the same clip uploaded under another name
 or served from gradio's cache is the same key. Requests wait in one line, worked off in arrival order by
 ``lanes`` model calls at once (threads of the desk's own, started while the line is not empty): a free lane
-takes the oldest waiting request with others waiting for its model in one batch when the line is longer
-than the lanes not in a call (up to ``max_batch``), so a queue of uploads is worked off in fewer, wider model
-calls, a short line runs in every lane at once, and no request is overtaken by a later one for another model.
+takes the oldest waiting request, and with ``max_batch`` above 1 others waiting for its model in one batch when
+the line is longer than the lanes not in a call, so a short line runs in every lane at once and no request is
+overtaken by a later one for another model. The server answers one by one (ServingPolicy.transcription_batch):
+with the output layer laid out for decoding a batch of 4 upload clips took 1.03x the time of one by one on a
+thread (bench/results/batching.md; 0.82x before the layout), and a batch makes each of its requests wait for
+the whole call.
 A request that needs two models (an upload: full precision and the visitor's run) joins the line once with
 both, and with two lanes both run at the same time. On 2 cores two calls of 1 torch thread each answered
 such a request in 0.61x the time of one 2-thread call after the other (bench/results/lanes.md).
@@ -77,7 +80,7 @@ class TranscriptionDesk:
     waiting requests for one model answered ``max_batch`` at a time (1: one by one), ``lanes`` model calls at
     once."""
 
-    def __init__(self, capacity: int = 8, kept: int = 2048, max_batch: int = 4, lanes: int = 1):
+    def __init__(self, capacity: int = 8, kept: int = 2048, max_batch: int = 1, lanes: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if lanes < 1:
@@ -217,8 +220,7 @@ class TranscriptionDesk:
         """Under _answers_lock: ``oldest`` and the next requests waiting for the same model, out of the line, as
         many as spread the line over the lanes not in a call (its length / those lanes, rounded up, at most
         ``max_batch``): a batch makes each of its requests wait for the whole call, so two requests and two free
-        lanes are two calls at once, and only a line longer than the free lanes is worked off in batches (4
-        clips in one call took 0.82x the time of one by one on a thread, bench/results/batching.md)."""
+        lanes are two calls at once, and only a line longer than the free lanes is worked off in batches."""
         same = [w for w in self._waiting if w.loaded is oldest.loaded and w.key[1:] == oldest.key[1:]]
         free = max(1, self.lanes - self._calls)
         size = min(self.max_batch, -(-len(self._waiting) // free))

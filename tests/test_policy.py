@@ -51,6 +51,9 @@ def test_public_mode_gives_transcriptions_priority_and_threads_are_configurable(
     assert (one_lane.transcription_lanes, one_lane.transcribe_threads) == (1, 4)  # one call on every core
     four = ServingPolicy.from_env({"ASRQ_THREADS": "1:3", "ASRQ_TRANSCRIPTION_LANES": "3"})
     assert (four.transcription_lanes, four.transcribe_threads) == (3, 1)
+    # one by one unless asked: a batch bought no time with the output layer laid out (batching.md)
+    assert public.transcription_batch == 1
+    assert ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_TRANSCRIPTION_BATCH": "4"}).transcription_batch == 4
     split = ServingPolicy.from_env({"ASRQ_PUBLIC": "1", "ASRQ_THREADS": "split"})
     assert (split.worker_threads, split.transcribe_threads) == (2, 2)
     private = ServingPolicy.from_env({})  # one person: a job may use every core
@@ -75,6 +78,7 @@ def test_public_mode_gives_transcriptions_priority_and_threads_are_configurable(
     ({"ASRQ_WARM_UP": "fade"}, "not of the form method:bits"),
     ({"ASRQ_TRANSCRIPTION_LANES": "0"}, "ASRQ_TRANSCRIPTION_LANES must be"),
     ({"ASRQ_TRANSCRIPTION_LANES": "two"}, "ASRQ_TRANSCRIPTION_LANES must be"),
+    ({"ASRQ_TRANSCRIPTION_BATCH": "0"}, "ASRQ_TRANSCRIPTION_BATCH must be"),
 ])
 def test_bad_settings_are_refused_in_one_sentence(env, message):
     with pytest.raises(PolicyError, match=message):

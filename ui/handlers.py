@@ -78,6 +78,7 @@ class Explorer:
         self.results = self.results or ResultStore(self.artifact_root, self.policy.kept_results,
                                                    self.policy.kept_artifacts, base_model=self.models.peek)
         self.transcriptions = self.transcriptions or TranscriptionDesk(WAITING_TRANSCRIPTIONS,
+                                                                          max_batch=self.policy.transcription_batch,
                                                                           lanes=self.policy.transcription_lanes)
         self.jobs.on_idle_result = self._answer_demos_ahead
 

@@ -113,8 +113,9 @@ class ServingPolicy:
                   # a waiting job holds no memory (one runs at a time): a visitor is better told "5 jobs ahead of
                   # yours, about 200 s" than "busy"; each visitor has one job at most
                   "max_waiting_jobs": 8, "kept_artifacts": 32, "warm_up": PUBLIC_WARM_UP,
-                  # a room's visitors transcribe with many runs; runs share their unquantized half (TensorPool)
-                  "kept_results": 8}
+                  # a room's visitors transcribe with many runs (14 in the load test); runs share their unquantized
+                  # half (TensorPool) and keep their codes packed: about 25 MB more each in memory (one-off probe)
+                  "kept_results": 16}
         return cls(**(values | changes))
 
     @classmethod

@@ -427,3 +427,29 @@ def test_the_page_says_when_the_loop_guard_stopped_a_transcript():
     assert "repeating itself" not in _timing(Transcript("a b c", 1.0), 10.0)
     looped = _timing(Transcript(". . .", 3.0, cut=True), 10.0)
     assert "stopped after 96 tokens: the model was repeating itself" in looped
+
+
+@pytest.mark.slow
+def test_the_run_a_visitor_quantized_is_loaded_before_their_upload_needs_it(tiny, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from engine.quant.artifacts import save_quantized
+    from engine.quant.quantize import quantize
+    from engine.quant.registry import make_config
+    from engine.run_history import RunHistory
+    from ui.handlers import Explorer
+
+    monkeypatch.setenv("ASRQ_DATA_DIR", str(tmp_path))
+    run_id = "0123456789ab"
+    save_quantized(quantize(tiny, make_config("rtn", bits=4, group_size=64), None), tmp_path / "results" / run_id)
+    explorer = Explorer(models=ModelCache(loader=lambda name: tiny), history=RunHistory(tmp_path / "h.sqlite"),
+                        artifact_root=tmp_path / "results")
+    try:
+        assert explorer.results._loaded.peek(run_id) is None
+        explorer._load_for_uploads(run_id)  # what the quantize answer does before it returns
+        assert explorer.results._loaded.peek(run_id) is not None
+        with caplog.at_level(logging.WARNING, logger="ui.handlers"):
+            explorer._load_for_uploads("ffffffffffff")  # a save pruned meanwhile: logged, the answer still comes
+        assert "not loaded ahead of uploads" in caplog.text
+    finally:
+        explorer.close()

@@ -225,7 +225,17 @@ class Explorer:
         self.results.add_finished(summary)
         self.transcriptions.keep(f"{summary['model']}/{summary['run_id']}", summary.get("transcripts") or {})
         self.history.add(summary, session)
+        self._load_for_uploads(summary["run_id"])
         return summary["run_id"], summary
+
+    def _load_for_uploads(self, run_id: str) -> None:
+        """Load the run the visitor just asked for while they wait for it anyway: their demo clicks are answered
+        from its kept transcripts, but their next upload needs its model, and a load there (0.3 s alone, 1.4-1.5 s
+        beside two busy lanes) was most of the slowest uploads' extra time (bench/results/load-one-by-one.md)."""
+        try:
+            self.results.model(run_id)
+        except (UserError, OSError, RuntimeError) as exc:  # a pruned or damaged save: the upload will say so
+            log.warning("run %s not loaded ahead of uploads: %s", run_id, exc)
 
     def quantize_model(self, model_name: str, method: str, bits: int, group_size: int, alpha: float, seed: int,
                        rows=None, eval_dir: str | None = None, request: gr.Request = None, progress=gr.Progress()):

@@ -22,8 +22,9 @@ machine) keeps the full freedom of the CLI. The threat model behind each limit i
                                 threads (default: 2 in priority mode on 2 or more cores, else 1); two lanes
                                 answer an upload's full-precision and quantized transcripts side by side
     ASRQ_TRANSCRIPTION_BATCH=1  waiting requests for one model a lane answers in one call (default 1: one by
-                                one; a batch bought no time since the output layer is laid out for decoding,
-                                bench/results/batching.md, and makes each of its requests wait for the whole call)
+                                one; since the output layer is laid out for decoding a batch of 4 saves 6%,
+                                bench/results/batching.md, and makes each of its requests wait for the whole call;
+                                the load test's upload p95 fell with one by one, load-one-by-one.md)
 """
 
 from __future__ import annotations

@@ -138,10 +138,7 @@ class ServingPolicy:
             total = warm_up.get("transcribe_threads", available_cores()) * warm_up.get("transcription_lanes", 1)
             warm_up.update(_lanes_from(env["ASRQ_TRANSCRIPTION_LANES"], total))
         if env.get("ASRQ_TRANSCRIPTION_BATCH", "").strip():
-            text = env["ASRQ_TRANSCRIPTION_BATCH"].strip()
-            if not text.isdigit() or int(text) < 1:
-                raise PolicyError(f"ASRQ_TRANSCRIPTION_BATCH must be a whole number of 1 or more, not {text!r}.")
-            warm_up["transcription_batch"] = int(text)
+            warm_up["transcription_batch"] = _count_from("ASRQ_TRANSCRIPTION_BATCH", env["ASRQ_TRANSCRIPTION_BATCH"])
         if public:
             return cls.public_defaults(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
         return cls(allowed_hub_ids=allowed, eval_dir=eval_dir, **warm_up)
@@ -211,8 +208,13 @@ def _threads_from(text: str) -> dict:
 
 def _lanes_from(text: str, total_threads: int) -> dict:
     """ASRQ_TRANSCRIPTION_LANES: model calls at once, sharing the transcription's ``total_threads``."""
+    lanes = _count_from("ASRQ_TRANSCRIPTION_LANES", text)
+    return {"transcription_lanes": lanes, "transcribe_threads": max(1, total_threads // lanes)}
+
+
+def _count_from(variable: str, text: str) -> int:
+    """A whole number of 1 or more set in ``variable``; PolicyError in one sentence otherwise."""
     text = text.strip()
     if not text.isdigit() or int(text) < 1:
-        raise PolicyError(f"ASRQ_TRANSCRIPTION_LANES must be a whole number of 1 or more, not {text!r}.")
-    lanes = int(text)
-    return {"transcription_lanes": lanes, "transcribe_threads": max(1, total_threads // lanes)}
+        raise PolicyError(f"{variable} must be a whole number of 1 or more, not {text!r}.")
+    return int(text)

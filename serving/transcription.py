@@ -10,7 +10,7 @@ the line is longer than the lanes not in a call, so a short line runs in every l
 overtaken by a later one for another model. The server answers one by one (ServingPolicy.transcription_batch):
 with the output layer laid out for decoding a batch of 4 upload clips took 0.94x the time of one by one on a
 thread (bench/results/batching.md, 7 rounds; 0.82x before the layout), while each of its requests waits for
-the whole call: four times a clip's own.
+the whole call: about four times a clip's own.
 A request that needs two models (an upload: full precision and the visitor's run) joins the line once with
 both, and with two lanes both run at the same time. On 2 cores two calls of 1 torch thread each answered
 such a request in 0.61x the time of one 2-thread call after the other (bench/results/lanes.md).

@@ -41,6 +41,51 @@ def test_gptq_variants_beat_rtn(act_order, group):
     assert local_error(w, gptq, m) < local_error(w, rtn_quantize(w, fmt).dequantize(), m)
 
 
+def _gptq_in_torch_ops(w, h, fmt, damping, act_order, block_size=32):
+    """The GPTQ column loop written plainly in torch ops (what the compiled loop replaced), for reference."""
+    from engine.quant.formats import qparams
+    from engine.quant.methods.gptq import inverse_upper_factor, prepare_hessian
+
+    group = fmt.group_size
+    h, dead = prepare_hessian(h, damping)
+    W = w.clone()
+    W[:, dead] = 0
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(w.shape[1])
+    W, h = W[:, perm], h[perm][:, perm]
+    hinv = inverse_upper_factor(h)
+    scale, zero = torch.zeros(w.shape[0], w.shape[1] // group), torch.zeros(w.shape[0], w.shape[1] // group)
+    if act_order:
+        for g in range(w.shape[1] // group):
+            s, z = qparams(w[:, g * group:(g + 1) * group], fmt)
+            scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+    codes = torch.zeros(w.shape, dtype=torch.uint8)
+    for i1 in range(0, w.shape[1], block_size):
+        i2 = i1 + block_size
+        W1, err1 = W[:, i1:i2].clone(), torch.zeros(w.shape[0], block_size)
+        for i in range(block_size):
+            col = int(perm[i1 + i])
+            if not act_order and col % group == 0:
+                s, z = qparams(torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :group], fmt)
+                scale[:, col // group], zero[:, col // group] = s[:, 0], z[:, 0]
+            s, z = scale[:, col // group], zero[:, col // group]
+            c = torch.clamp(torch.round(W1[:, i] / s + z), 0, fmt.maxq)
+            codes[:, col] = c.to(torch.uint8)
+            err1[:, i] = (W1[:, i] - s * (c - z)) / hinv[i1 + i, i1 + i]
+            W1[:, i + 1:].addr_(err1[:, i], hinv[i1 + i, i1 + i + 1:i2], alpha=-1)
+        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return codes, scale, zero
+
+
+@pytest.mark.parametrize("bits,act_order", [(4, False), (3, True), (8, False)])
+def test_compiled_gptq_loop_gives_the_codes_of_the_loop_in_torch_ops(bits, act_order):
+    w, _, _, stats, _ = layer_setup(seed=11, d_in=128, d_out=48)
+    fmt = IntFormat(bits, 32)
+    compiled = gptq_quantize(w, stats.moments().hq, fmt, damping=0.1, block_size=32, act_order=act_order)
+    codes, scale, zero = _gptq_in_torch_ops(w, stats.moments().hq, fmt, 0.1, act_order)
+    assert torch.equal(compiled.codes, codes)
+    assert torch.equal(compiled.scale, scale) and torch.equal(compiled.zero, zero)
+
+
 def test_a_weighted_row_counts_as_that_many_copies():
     x, x_hat = correlated_inputs(40, 8, 0), correlated_inputs(40, 8, 1)
     copies, weighted = LayerStats(8, splits=1), LayerStats(8, splits=1)
@@ -287,12 +332,32 @@ def test_layer_errors_at_once_equal_the_separate_functions():
     m = stats.moments()
     g = torch.Generator().manual_seed(6)
     q, u = w + 0.05 * torch.randn(w.shape, generator=g), w + 0.08 * torch.randn(w.shape, generator=g)
-    errors = layer_errors(w, q, m, u)
+    errors = layer_errors(w, q, m, u)  # float32 products in the drift form; the separate functions: float64
     assert errors.input_drift == pytest.approx(input_drift(m), rel=1e-9)
-    assert errors.local_error == pytest.approx(local_error(w, q, m), rel=1e-9)
-    assert errors.output_error == pytest.approx(output_error(w, q, m), rel=1e-9)
-    assert errors.output_error_uncorrected == pytest.approx(output_error(w, u, m), rel=1e-9)
+    assert errors.local_error == pytest.approx(local_error(w, q, m), rel=1e-5)
+    assert errors.output_error == pytest.approx(output_error(w, q, m), rel=1e-5)
+    assert errors.output_error_uncorrected == pytest.approx(output_error(w, u, m), rel=1e-5)
     assert layer_errors(w, q, m).output_error_uncorrected is None
+
+
+def test_layer_errors_in_float32_keep_the_float64_digits_at_8_bit_sized_errors():
+    """Output errors of 0.2% (8-bit rounding of a layer whose inputs barely drifted): the form with Hx and C
+    subtracts terms 1e-5 apart, and with float32 products it was 6e-4 (relative) off here; the drift form in
+    float32 gives the float64 values of the separate functions."""
+    from engine.quant.moments import layer_errors
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4000, 384, generator=g) * torch.rand(384, generator=g) * 3
+    stats = LayerStats(384, splits=1)
+    stats.add_batch(x, x + 1e-3 * torch.randn(x.shape, generator=g))
+    m = stats.moments()
+    w = torch.randn(256, 384, generator=g) * 0.05
+    q, u = w + 1e-4 * torch.randn(w.shape, generator=g), w + 2e-4 * torch.randn(w.shape, generator=g)
+    errors = layer_errors(w, q, m, u)
+    assert 1e-3 < errors.output_error < 1e-2
+    assert errors.output_error == pytest.approx(output_error(w, q, m), rel=1e-5)
+    assert errors.output_error_uncorrected == pytest.approx(output_error(w, u, m), rel=1e-5)
+    assert errors.local_error == pytest.approx(local_error(w, q, m), rel=1e-5)
 
 
 def test_gptq_inverse_factor_from_one_factorization_is_the_reference_one():

@@ -7,12 +7,16 @@ Notation (column vectors, one per calibration token): x = full-precision input, 
     Hx = E[x  x^T]
 Errors of a final weight Q against the full-precision weight W follow exactly from these:
     ||W X - Q X^||^2 / N = tr(W Hx W^T) - 2 tr(W C Q^T) + tr(Q H^ Q^T)
+or, with the drift e = x - x^ and D = W - Q, without subtracting near-equal terms (layer_errors):
+    ||W X - Q X^||^2 / N = tr(W Hee W^T) + 2 tr(W S D^T) + tr(D H^ D^T),  S = E[e x^^T] = C - H^,
+    Hee = E[e e^T] = Hx - C - C^T + H^
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -53,6 +57,24 @@ class Moments:
         n = self.n + other.n
         a, b = self.n / n, other.n / n
         return Moments(a * self.hq + b * other.hq, a * self.cross + b * other.cross, a * self.hx + b * other.hx, n)
+
+    # float32 copies for the solves and the diagnostics, made once per Moments (every layer reading an input
+    # shares its Moments: q/k/v use each three times) instead of once per use.
+    @cached_property
+    def hq32(self) -> torch.Tensor:
+        """H^, float32."""
+        return self.hq.float()
+
+    @cached_property
+    def shift32(self) -> torch.Tensor:
+        """S = C - H^ = E[e x^^T], float32: the drift's cross moment (a difference of near-equal moments, taken
+        in their float64)."""
+        return (self.cross - self.hq).float()
+
+    @cached_property
+    def hee32(self) -> torch.Tensor:
+        """Hee = Hx - C - C^T + H^ = E[e e^T], float32 (taken in float64)."""
+        return (self.hx - self.cross - self.cross.T + self.hq).float()
 
 
 class LayerStats:
@@ -161,31 +183,40 @@ class LayerErrors:
 
 
 def layer_errors(w: torch.Tensor, q: torch.Tensor, m: Moments, uncorrected: torch.Tensor | None = None) -> LayerErrors:
-    """input_drift, local_error and output_error of q (and output_error of uncorrected) at once: the products
-    of w with the moments are made once for all of them (4 or 5 (out, in) x (in, in) float64 products where
-    the separate functions make 6 or 9). w, q, uncorrected: (out, in)."""
-    w = w.double()
-    w_hx, w_cross, w_hq = w @ m.hx, w @ m.cross, w @ m.hq
-    ref_out, ref_local = float((w_hx * w).sum()), float((w_hq * w).sum())
+    """input_drift, local_error and output_error of q (and output_error of uncorrected) at once. w, q,
+    uncorrected: (out, in).
 
-    def relative_output_error(q_hq: torch.Tensor, q: torch.Tensor) -> float:
-        err = ref_out - 2 * float((w_cross * q).sum()) + float((q_hq * q).sum())
-        return (max(err, 0.0) / ref_out) ** 0.5 if ref_out > 0 else 0.0
+    In the drift form (module docstring) the errors are sums of small terms, so float32 products give the
+    float64 values to 1e-5 even at 8-bit sized errors (tests/test_methods.py). The form with Hx and C
+    subtracts terms that differ by the squared error (1e-5 of them there): float32 lost 6e-4 of the error,
+    hence float64 products before, 1.5x the time. Four or five (out, in) x (in, in) products: W H^, W S,
+    W Hee, D H^ (and D_u H^)."""
+    w = w.float()
+    w_hq, w_shift = w @ m.hq32, w @ m.shift32
+    w_ee = float(_dot(w @ m.hee32, w))
+    ref_local = float(_dot(w_hq, w))
+    ref_out = w_ee + 2 * float(_dot(w_shift, w)) + ref_local  # tr(W Hx W^T)
 
-    q = q.double()
-    q_hq = q @ m.hq
-    local = float(((w_hq - q_hq) * (w - q)).sum())  # tr(D H^ D^T), D = W - Q: no cancellation
-    if uncorrected is None:
-        other = None
-    else:
-        u = uncorrected.double()
-        other = relative_output_error(u @ m.hq, u)
-    return LayerErrors(input_drift(m), (max(local, 0.0) / ref_local) ** 0.5 if ref_local > 0 else 0.0,
-                       relative_output_error(q_hq, q), other)
+    def squared(d: torch.Tensor) -> tuple[float, float]:
+        """tr(D H^ D^T) and ||W X - Q X^||^2 / N for D = W - Q."""
+        local = float(_dot(d @ m.hq32, d))
+        return local, w_ee + 2 * float(_dot(w_shift, d)) + local
+
+    def relative(err: float, ref: float) -> float:
+        return (max(err, 0.0) / ref) ** 0.5 if ref > 0 else 0.0
+
+    local, out = squared(w - q.float())
+    other = None if uncorrected is None else relative(squared(w - uncorrected.float())[1], ref_out)
+    return LayerErrors(input_drift(m), relative(local, ref_local), relative(out, ref_out), other)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b), summed in float64."""
+    return (a * b).sum(dtype=torch.float64)
 
 
 def input_drift(m: Moments) -> float:
-    """||X - X^|| / ||X||: error that arrived from upstream."""
+    """||X - X^|| / ||X||: error that arrived from upstream (tr Hee / tr Hx)."""
     ref = torch.trace(m.hx)
     err = ref - 2 * torch.trace(m.cross) + torch.trace(m.hq)
     return float(torch.sqrt(torch.clamp(err, min=0) / ref)) if ref > 0 else 0.0

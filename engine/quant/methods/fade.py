@@ -41,7 +41,7 @@ from engine.quant.registry import LayerOutcome, register
 def _gain_curvature(drift: torch.Tensor, d: torch.Tensor, m: Moments) -> tuple[float, float]:
     """g = tr(W (C - H^) D^T), h = tr(D H^ D^T) of the output-error quadratic on moments m.
     drift: W (C - H^) on m, (out, in); d: (out, in), both SOLVE_DTYPE."""
-    return float((drift * d).sum()), float(((d @ m.hq.to(d.dtype)) * d).sum())
+    return float((drift * d).sum()), float(((d @ m.hq32) * d).sum())
 
 
 def _heldout_rule(alpha_ho: float, reliability: float, prior: float, degenerate: bool) -> float:

@@ -2,11 +2,14 @@
 
 Pure function of a weight and its Hessian; follows the reference implementation (IST-DASLab/gptq):
 dead columns, optional act-order, damping by a fraction of mean(diag H), the upper Cholesky factor of
-H^-1, lazy block updates.
+H^-1, lazy block updates. The column-by-column loop inside a block is compiled (numba, _round_columns); the
+blocks' lazy updates and the factorization stay torch.
 """
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import torch
 
 from engine.quant.formats import IntFormat, QuantizedTensor, qparams
@@ -52,6 +55,39 @@ def inverse_upper_factor(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(r, torch.eye(h.shape[0], dtype=h.dtype), upper=True)
 
 
+@numba.njit(cache=True, nogil=True)
+def _round_columns(wt, hinv, scale, zero, group_of, maxq, start, stop, block_end, codes, err):  # pragma: no cover
+    """Round the columns start..stop (in visiting order) and feed each one's error into the columns after it up
+    to block_end (the lazy block); compiled.
+
+    wt: (in, out) float32, the weight's columns as rows, updated in place; hinv: (in, in) float32, the upper
+    factor of H^-1; scale, zero: (groups, out) float32; group_of: (in,) int64, each visited column's group;
+    codes: (in, out) uint8 and err: (block, out) float32 (row r: column block_start + r), written. The arithmetic
+    is that of the same loop in torch ops, step for step, so the codes are too (tests/test_methods.py checks
+    them against such a loop): a float32 quotient rounded half to even and clamped, the error over the pivot,
+    and the feedback as torch's addr_ computes it, one fused multiply-add (_feed_back)."""
+    block_start = block_end - err.shape[0]
+    for i in range(start, stop):
+        pivot = hinv[i, i]
+        s_col, z_col = scale[group_of[i]], zero[group_of[i]]
+        e = err[i - block_start]
+        for o in range(wt.shape[1]):
+            c = np.rint(wt[i, o] / s_col[o] + z_col[o])
+            c = min(max(c, np.float32(0.0)), maxq)
+            codes[i, o] = np.uint8(c)
+            e[o] = (wt[i, o] - s_col[o] * (c - z_col[o])) / pivot
+        _feed_back(wt, hinv, e, i, block_end)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _feed_back(wt, hinv, e, i, block_end):  # pragma: no cover (compiled)
+    """wt[j] -= hinv[i, j] e for the block's columns j after i, each a fused multiply-add (contract)."""
+    for j in range(i + 1, block_end):
+        h = -hinv[i, j]
+        for o in range(wt.shape[1]):
+            wt[j, o] = h * e[o] + wt[j, o]
+
+
 def gptq_quantize(
     w: torch.Tensor,
     h: torch.Tensor,
@@ -70,10 +106,16 @@ def gptq_quantize(
     group = in_features if fmt.group_size == -1 else fmt.group_size
     n_groups = in_features // group
     h, dead = prepare_hessian(h, damping)
-    W = w.to(SOLVE_DTYPE, copy=True)
-    W[:, dead] = 0
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(in_features)
-    W, h = W[:, perm], h[perm][:, perm]
+    # Rows of the transposed weight are its columns: each step reads and updates contiguous memory.
+    Wt = torch.empty(in_features, out_features, dtype=SOLVE_DTYPE)  # (in, out), in visiting order
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        Wt.copy_(w.T[perm])
+        h, dead = h[perm][:, perm], dead[perm]
+    else:  # visiting order is column order: no gathers of the weight and H
+        perm = torch.arange(in_features)
+        Wt.copy_(w.T)
+    Wt[dead] = 0
     hinv = inverse_upper_factor(h)
 
     scale = torch.zeros(out_features, n_groups, dtype=SOLVE_DTYPE)
@@ -82,29 +124,25 @@ def gptq_quantize(
         for g in range(n_groups):
             s, z = qparams(w[:, g * group:(g + 1) * group].float(), fmt)
             scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
-    # Rows of the transposed weight are its columns: each step reads and updates contiguous memory.
-    Wt = W.T.contiguous()  # (in, out), in visiting order
     scale_t, zero_t = scale.T.contiguous(), zero.T.contiguous()  # (groups, out): a group's grid is one row
-    codes_t = torch.zeros(in_features, out_features, dtype=torch.uint8)
-    columns = perm.tolist()
-    # The column loop runs ~34,000 times per tiny.en pass: each step is written with as few torch calls as
-    # give the same values (in-place rounding, the error written straight into its row, the pivot a float).
+    codes_v = torch.empty(in_features, out_features, dtype=torch.uint8)  # in visiting order
+    group_of = (perm // group).numpy()  # each visited column's group
+    wt_, hinv_, scale_, zero_, codes_ = Wt.numpy(), hinv.numpy(), scale_t.numpy(), zero_t.numpy(), codes_v.numpy()
+    maxq = np.float32(fmt.maxq)
     for i1 in range(0, in_features, block_size):
         i2 = min(i1 + block_size, in_features)
-        W1, err1, hinv1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, out_features, dtype=W.dtype), hinv[i1:i2, i1:i2]
-        pivots = torch.diagonal(hinv1).tolist()
-        for i in range(i2 - i1):
-            col = columns[i1 + i]
-            g = col // group
-            if not act_order and col % group == 0:
-                # Dynamic groups: the grid of a group is fitted when GPTQ reaches its first column.
-                rows = W1[i:i + group] if i + group <= len(W1) else torch.cat([W1[i:], Wt[i2:]])[:group]
-                s, z = qparams(rows.T.float(), fmt)
-                scale_t[g], zero_t[g] = s[:, 0], z[:, 0]
-            w_col, s_g, z_g = W1[i], scale_t[g], zero_t[g]
-            c = (w_col / s_g).add_(z_g).round_().clamp_(0, fmt.maxq)  # formats.quantize_to_codes, in place
-            codes_t[col] = c
-            err = torch.div(w_col - s_g * c.sub_(z_g), pivots[i], out=err1[i])
-            W1[i + 1:].addr_(hinv1[i, i + 1:], err, alpha=-1)
-        Wt[i2:] -= hinv[i1:i2, i2:].T @ err1
+        err = torch.empty(i2 - i1, out_features, dtype=SOLVE_DTYPE)
+        # Dynamic groups: a group's grid is fitted when the loop reaches its first column, from the weights as
+        # updated so far, so a block is rounded in segments that end where a group begins.
+        starts = [] if act_order else [i for i in range(i1, i2) if i % group == 0]
+        bounds = sorted({i1, i2, *starts})
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a in starts:
+                # (a group reaching past the block sees its later columns before this block's lazy update,
+                # as in the reference)
+                s, z = qparams(Wt[a:a + group].T.float(), fmt)
+                scale_t[a // group], zero_t[a // group] = s[:, 0], z[:, 0]
+            _round_columns(wt_, hinv_, scale_, zero_, group_of, maxq, a, b, i2, codes_, err.numpy())
+        Wt[i2:] -= hinv[i1:i2, i2:].T @ err
+    codes_t = codes_v if not act_order else codes_v[torch.argsort(perm)]
     return QuantizedTensor(codes_t.T.contiguous(), scale_t.T.float().contiguous(), zero_t.T.float().contiguous(), fmt)

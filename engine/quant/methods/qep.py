@@ -17,14 +17,14 @@ from engine.quant.moments import Moments
 
 def drift_product(w: torch.Tensor, m: Moments) -> torch.Tensor:
     """W (C - H^): (out, in) in SOLVE_DTYPE, the right-hand side of the direction's solve (C - H^, a difference
-    of near-equal moments, taken in their float64)."""
-    return w.to(SOLVE_DTYPE) @ (m.cross - m.hq).to(SOLVE_DTYPE)
+    of near-equal moments, taken in their float64: Moments.shift32)."""
+    return w.to(SOLVE_DTYPE) @ m.shift32
 
 
 def qep_direction(w: torch.Tensor, m: Moments, damping: float, drift: torch.Tensor | None = None) -> torch.Tensor:
     """D = W (C - H^) (H^ + lambda I)^-1, so that W*(alpha) = W + alpha D. w: (out, in) -> (out, in).
     drift: drift_product(w, m) when the caller already has it."""
-    h, dead = prepare_hessian(m.hq, damping)
+    h, dead = prepare_hessian(m.hq32, damping)
     drift = drift_product(w, m) if drift is None else drift
     # Solve D H = W Hd rather than forming the inverse: D^T = H^-1 Hd^T W^T (H symmetric).
     chol = cholesky(h)

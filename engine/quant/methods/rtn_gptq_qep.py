@@ -24,7 +24,7 @@ def round_weight(w: torch.Tensor, m: Moments | None, spec: LayerSpec, config: Qu
     fmt = layer_format(spec, config)
     if base == "gptq":
         act_order = config.act_order if config.act_order is not None else spec.bits <= 3
-        return gptq_quantize(w, m.hq, fmt, config.damping, config.block_size, act_order)
+        return gptq_quantize(w, m.hq32, fmt, config.damping, config.block_size, act_order)
     return rtn_quantize(w, fmt)
 
 

@@ -74,7 +74,10 @@ class Moments:
     @cached_property
     def hee32(self) -> torch.Tensor:
         """Hee = Hx - C - C^T + H^ = E[e e^T], float32 (taken in float64)."""
-        return (self.hx - self.cross - self.cross.T + self.hq).float()
+        hee = self.hx - self.cross
+        hee -= self.cross.T
+        hee += self.hq
+        return hee.float()
 
 
 class LayerStats:
@@ -118,15 +121,16 @@ class LayerStats:
         # Products of a few clips summed into float64 totals: fast, and exact enough for the solves. Autocast
         # is off so that each product runs in the dtype chosen here, whatever context the pass runs in. A
         # weight scales the products, not the rows (scaled rows would no longer be bfloat16 values).
+        # (add_ widens each product to float64 as it adds: no float64 temporary)
         with torch.autocast("cpu", enabled=False), products:
-            self._hq[split].add_(gram(x_q).double(), alpha=weight)
+            self._hq[split].add_(gram(x_q), alpha=weight)
             if self._direct:
-                self._cross[split].add_((x_fp.T @ x_q).double(), alpha=weight)
-                self._hx[split].add_(gram(x_fp).double(), alpha=weight)
+                self._cross[split].add_(x_fp.T @ x_q, alpha=weight)
+                self._hx[split].add_(gram(x_fp), alpha=weight)
             else:
                 drift = (x_fp - x_q).to(self.drift_dtype)
-                self._cross[split].add_((drift.T @ x_q.to(self.drift_dtype)).double(), alpha=weight)
-                self._hx[split].add_(gram(drift).double(), alpha=weight)
+                self._cross[split].add_(drift.T @ x_q.to(self.drift_dtype), alpha=weight)
+                self._hx[split].add_(gram(drift), alpha=weight)
         self._n[split] += weight * x_fp.shape[0]
         self._merged = None
 

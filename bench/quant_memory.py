@@ -18,12 +18,15 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+import torch
 
 from bench.common import commit_of, write_results
 from engine.quant.calibration import PAD_STRIDE
@@ -64,13 +67,30 @@ def child(method: str, bits: int, pad_stride: int, seed: int, wer: bool, model: 
 
         result = quantize(loaded, config, calibration, pad_stride=pad_stride, precision=pass_precision(precision))
     row["precision"] = result.calibration.get("pass_precision", "float32")
-    row.update(quant_seconds=result.seconds, process_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
+    row.update(quant_seconds=result.seconds, process_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb(),
+               codes_sha256=codes_digest(result.tensors))
     if wer:  # after the peak is read: the score is not part of the quantization's memory
         from bench.common import test_other_clips, token_kl
 
         row["wer"] = evaluate(result.loaded, test_set).wer
         row["token_kl"] = token_kl(loaded, result.loaded, test_other_clips())
     return row
+
+
+CODE_FIELDS = ("codes", "scale", "zero", "scales", "levels")  # what a layer ships: its codes and their grid
+
+
+def codes_digest(tensors: dict) -> str:
+    """The first 16 hex digits of a SHA-256 over every quantized layer's codes and grid, in name order: equal
+    digests mean two passes produced the same model, bit for bit."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        for field in CODE_FIELDS:
+            value = getattr(tensors[name], field, None)
+            if isinstance(value, torch.Tensor):
+                digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
@@ -86,14 +106,19 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
              " 3x faster); bfloat16: also the drift's moment products, H^ float32; engine/quant/precision.py).",
              "token KL: mean KL(fp32 || quantized) per token, both teacher-forced on the 50 clips' reference"
              " transcripts (bench/common.token_kl): a smooth fidelity measure beside the WER's jumps.", ""]
+    with_codes = any("codes_sha256" in r for r in rows)
+    if with_codes:
+        lines += ["codes: the first 16 hex digits of a SHA-256 over every layer's codes and grid (equal: the same"
+                  " model bit for bit).", ""]
     head = "| model | method | bits | pad stride | per window | windows | precision | seed | quantize s | process peak RSS MB |"
-    lines += [head + (" WER % (50 test-other clips) | token KL to fp32, 10^-3 nats |" if with_wer else ""),
-              "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if with_wer else "")]
+    lines += [head + (" codes |" if with_codes else "") + (" WER % (50 test-other clips) | token KL to fp32, 10^-3 nats |" if with_wer else ""),
+              "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |" + (" --- |" if with_codes else "")
+              + (" ---: | ---: |" if with_wer else "")]
     for r in rows:
         line = (f"| {r.get('model', 'tiny.en')} | {r['method']} | {r['bits']} | {r['pad_stride']} "
                 f"| {r.get('per_window', 1)} | {r.get('windows', '-')} "
                 f"| {r.get('precision', 'float32')} | {r['seed']} "
-                f"| {r['quant_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+                f"| {r['quant_seconds']:.1f} | {r['peak_rss_mb']:.0f} |" + (f" {r.get('codes_sha256', '-')} |" if with_codes else ""))
         kl = f" {1000 * r['token_kl']:.2f} |" if "token_kl" in r else " - |"
         lines.append(line + (f" {100 * r['wer']:.2f} |{kl}" if with_wer and "wer" in r else " | |" if with_wer else ""))
     groups: dict[tuple, list[dict]] = {}
@@ -105,7 +130,8 @@ def markdown(rows: list[dict], with_wer: bool, skipped: list[dict] = ()) -> str:
         for (model, method, bits, stride, per_window, precision), group in groups.items():
             times = [r["quant_seconds"] for r in group]
             text = (f"- {model} {method} {bits}-bit, pad stride {stride}, {per_window} per window, {precision}: "
-                    f"{statistics.mean(times):.1f} s")
+                    f"{statistics.mean(times):.1f} s (median {statistics.median(times):.1f}, "
+                    f"{min(times):.1f}-{max(times):.1f})")
             if with_wer and len(group) > 1 and all("wer" in r for r in group):
                 wers = [100 * r["wer"] for r in group]
                 text += f", WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f} %"

@@ -20,8 +20,9 @@ COPY --chown=user docs ./docs
 RUN pip install --no-cache-dir --user torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir --user .
 COPY --chown=user . .
-# Convert tiny.en once at build time so the first page load does not wait for it.
-RUN python -c "from engine.whisper.models import load_model; load_model('tiny.en')"
+# Convert tiny.en once at build time so the first page load does not wait for it, and compile the GPTQ loop into
+# numba's cache.
+RUN python -c "from engine.whisper.models import load_model; load_model('tiny.en'); import engine.quant.methods.gptq_kernels"
 
 EXPOSE 7860
 CMD ["python", "app.py"]

@@ -39,6 +39,7 @@ def _worker_main(connection, threads: int | None = None, nice: int = 0) -> None:
     priority is than the server's (a process may always lower its own)."""
     import torch
 
+    import engine.quant.methods.gptq_kernels  # noqa: F401  (numba's compiled GPTQ loop: ~0.6 s once, here)
     from serving.memory import release_memory
     from serving.tasks import TASKS
 

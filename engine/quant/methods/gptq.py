@@ -2,13 +2,12 @@
 
 Pure function of a weight and its Hessian; follows the reference implementation (IST-DASLab/gptq):
 dead columns, optional act-order, damping by a fraction of mean(diag H), the upper Cholesky factor of
-H^-1, lazy block updates. The column-by-column loop inside a block is compiled (numba, _round_columns); the
-blocks' lazy updates and the factorization stay torch.
+H^-1, lazy block updates. The column-by-column loop inside a block is compiled (gptq_kernels.py); the blocks'
+lazy updates and the factorization stay torch.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 
@@ -55,47 +54,6 @@ def inverse_upper_factor(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(r, torch.eye(h.shape[0], dtype=h.dtype), upper=True)
 
 
-# The kernels are compiled (or read from numba's cache) when this module is imported, not on a pass's first
-# layer: explicit signatures, all arrays C-contiguous. The first call of a lazily compiled kernel took 0.5 s
-# of a FADE pass, reading the cache.
-_F32, _F32_2D, _U8_2D = numba.float32, numba.float32[:, ::1], numba.uint8[:, ::1]
-
-
-@numba.njit(numba.void(numba.float32[:, ::1], numba.float32[:, ::1], numba.float32[::1], numba.int64, numba.int64),
-            cache=True, nogil=True, fastmath={"contract"})
-def _feed_back(wt, hinv, e, i, block_end):  # pragma: no cover (compiled)
-    """wt[j] -= hinv[i, j] e for the block's columns j after i, each a fused multiply-add (contract)."""
-    for j in range(i + 1, block_end):
-        h = -hinv[i, j]
-        for o in range(wt.shape[1]):
-            wt[j, o] = h * e[o] + wt[j, o]
-
-
-@numba.njit(numba.void(_F32_2D, _F32_2D, _F32_2D, _F32_2D, numba.int64[::1], _F32, numba.int64, numba.int64,
-                       numba.int64, _U8_2D, _F32_2D), cache=True, nogil=True)
-def _round_columns(wt, hinv, scale, zero, group_of, maxq, start, stop, block_end, codes, err):  # pragma: no cover
-    """Round the columns start..stop (in visiting order) and feed each one's error into the columns after it up
-    to block_end (the lazy block); compiled.
-
-    wt: (in, out) float32, the weight's columns as rows, updated in place; hinv: (in, in) float32, the upper
-    factor of H^-1; scale, zero: (groups, out) float32; group_of: (in,) int64, each visited column's group;
-    codes: (in, out) uint8 and err: (block, out) float32 (row r: column block_start + r), written. The arithmetic
-    is that of the same loop in torch ops, step for step, so the codes are too (tests/test_methods.py checks
-    them against such a loop): a float32 quotient rounded half to even and clamped, the error over the pivot,
-    and the feedback as torch's addr_ computes it, one fused multiply-add (_feed_back)."""
-    block_start = block_end - err.shape[0]
-    for i in range(start, stop):
-        pivot = hinv[i, i]
-        s_col, z_col = scale[group_of[i]], zero[group_of[i]]
-        e = err[i - block_start]
-        for o in range(wt.shape[1]):
-            c = np.rint(wt[i, o] / s_col[o] + z_col[o])
-            c = min(max(c, np.float32(0.0)), maxq)
-            codes[i, o] = np.uint8(c)
-            e[o] = (wt[i, o] - s_col[o] * (c - z_col[o])) / pivot
-        _feed_back(wt, hinv, e, i, block_end)
-
-
 def gptq_quantize(
     w: torch.Tensor,
     h: torch.Tensor,
@@ -109,6 +67,10 @@ def gptq_quantize(
     With act_order and groups, the group grids are computed up front from w (static groups), so that the
     columns can be visited in any order and codes stay in original column order.
     """
+    # Imported here, not with this module: numba and the compiled kernels take ~120 MB and ~0.6 s, which a process
+    # that only validates settings (the web server) should not pay. The job worker loads them when it starts.
+    from engine.quant.methods.gptq_kernels import round_columns
+
     out_features, in_features = w.shape
     fmt.check_shape(in_features)
     group = in_features if fmt.group_size == -1 else fmt.group_size
@@ -150,7 +112,7 @@ def gptq_quantize(
                 # as in the reference)
                 s, z = qparams(Wt[a:a + group].T.float(), fmt)
                 scale_t[a // group], zero_t[a // group] = s[:, 0], z[:, 0]
-            _round_columns(wt_, hinv_, scale_, zero_, group_of, maxq, a, b, i2, codes_, err.numpy())
+            round_columns(wt_, hinv_, scale_, zero_, group_of, maxq, a, b, i2, codes_, err.numpy())
         Wt[i2:] -= hinv[i1:i2, i2:].T @ err
     codes_t = codes_v if not act_order else codes_v[torch.argsort(perm)]
     return QuantizedTensor(codes_t.T.contiguous(), scale_t.T.float().contiguous(), zero_t.T.float().contiguous(), fmt)

@@ -92,12 +92,16 @@ class LayerStats:
         # bfloat16: H^ and the drift's products, see add_batch.
         self._direct = drift_dtype == torch.float32
         shape = (splits, in_features, in_features)
-        # Totals of x^ x^T, x x^T and x x^T (direct), or of x^ x^T, e x^T and e e^T (e = x - x^); when first
-        # read they are averaged and turned, in place, into H^, C and Hx: the split moments are views of them,
+        # Totals of x^ x^T, x x^T and x x^T (direct; e e^T for the last with bfloat16 inputs, e = x - x^), or of
+        # x^ x^T, e x^T and e e^T; when first read they are averaged and turned, in place, into H^, C and Hx: the
+        # split moments are views of them,
         # not a second set of (splits, in, in) float64 copies (fc2's 1536 inputs: 113 MB at the pass's peak).
         self._hq = torch.zeros(shape, dtype=torch.float64)
         self._cross = torch.zeros(shape, dtype=torch.float64)
         self._hx = torch.zeros(shape, dtype=torch.float64)
+        # Whether _hx totals e e^T instead of x x^T (direct products of bfloat16 inputs, see add_batch); set by
+        # the first batch, every batch must agree.
+        self._hx_of_drift: bool | None = None
         self._n = [0.0] * splits
         self._merged: Moments | None = None  # moments() once accumulation is over (read by every layer sharing it)
         self._averaged = False
@@ -116,6 +120,16 @@ class LayerStats:
         # Inputs that are bfloat16 (the outputs of the pass's bfloat16 forwards) are multiplied exactly, and
         # 3x faster, from bfloat16 copies with float32 sums (precision.bfloat16_input_products).
         exact_in_bfloat16 = x_fp.dtype == x_q.dtype == torch.bfloat16 and native_bfloat16()
+        # Hx only feeds the diagnostics (and GQ's per-row scale), through Hee = E[e e^T]: with bfloat16 inputs it
+        # is taken as that, a plain bfloat16 Gram of the drift rounded to bfloat16 (about 2x the speed of an
+        # exact product; its rounding is relative to the drift, so Hee keeps ~3 digits, plenty for the error
+        # traces), instead of an exact Gram of x from which Hee is a difference of near-equal moments.
+        hx_of_drift = self._direct and exact_in_bfloat16
+        if self._hx_of_drift is None:
+            self._hx_of_drift = hx_of_drift
+        elif self._hx_of_drift != hx_of_drift:
+            raise ValueError("every batch of a LayerStats must have the same input dtypes")
+        drift_bf16 = x_fp - x_q if hx_of_drift else None
         x_fp, x_q = x_fp.float(), x_q.float()
         products = bfloat16_input_products() if exact_in_bfloat16 else nullcontext()
         # Products of a few clips summed into float64 totals: fast, and exact enough for the solves. Autocast
@@ -126,7 +140,7 @@ class LayerStats:
             self._hq[split].add_(gram(x_q), alpha=weight)
             if self._direct:
                 self._cross[split].add_(x_fp.T @ x_q, alpha=weight)
-                self._hx[split].add_(gram(x_fp), alpha=weight)
+                self._hx[split].add_(gram(x_fp) if drift_bf16 is None else gram(drift_bf16), alpha=weight)
             else:
                 drift = (x_fp - x_q).to(self.drift_dtype)
                 self._cross[split].add_(drift.T @ x_q.to(self.drift_dtype), alpha=weight)
@@ -140,6 +154,9 @@ class LayerStats:
                 hq, cross, hx = self._hq[i], self._cross[i], self._hx[i]
                 for total in (hq, cross, hx):
                     total.div_(n or 1.0)
+                if self._hx_of_drift:  # E[e e^T] + C + C^T - H^ = Hx
+                    hx += cross + cross.T
+                    hx -= hq
                 if not self._direct:
                     hx += cross + cross.T  # E[e e^T] + E[e x^T] + E[x^ e^T] ...
                     hx += hq  # ... + H^ = Hx

@@ -1,9 +1,9 @@
 """GPTQ's column loop, compiled with numba (engine/quant/methods/gptq.py drives it block by block).
 
 Per column the loop rounds every output row and feeds the error into the block's later columns: about 15 torch
-calls a column as torch ops, ~34,000 columns a tiny.en pass. Compiled, a layer takes 2-3.5x less time, with the same
-codes. Importing this module loads numba and the kernels (~120 MB, ~0.6 s with numba's cache warm; a first
-compile ~0.7 s more, cached beside this file or in numba's user cache).
+calls a column as torch ops, ~34,000 columns a tiny.en pass. Compiled, a layer takes 1.5-3x less time (the
+factorization stays LAPACK), with the same codes. Importing this module loads numba and the kernels (~120 MB,
+~0.6 s with numba's cache warm; a first compile ~0.7 s more, cached beside this file or in numba's user cache).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ faster pass (--pad-strides: how many encoder padding frames one sampled frame st
     python -m bench.quant_memory [--methods fade gptq qep rtn] [--bits 4 3]
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 8 --seeds 0 1 2 --wer --out pass_speed \
         --baseline ../base   # a checkout of an earlier commit (same child interface), timed in turn with these rows
+    python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --per-window 4 --seeds 0 1 2 3 4 \
+        --out pass_speed_same_codes --baseline ../base   # the codes column: equal digests, the same model bit for bit
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --seeds 0 1 --threads 1 --out pass_memory_1thread \
         --baseline ../base   # one thread per process, as the page's job worker runs
     python -m bench.quant_memory --methods fade --bits 4 --pad-strides 1 --precisions float32 bfloat16 bfloat16-forward \

@@ -94,8 +94,8 @@ class LayerStats:
         shape = (splits, in_features, in_features)
         # Totals of x^ x^T, x x^T and x x^T (direct; e e^T for the last with bfloat16 inputs, e = x - x^), or of
         # x^ x^T, e x^T and e e^T; when first read they are averaged and turned, in place, into H^, C and Hx: the
-        # split moments are views of them,
-        # not a second set of (splits, in, in) float64 copies (fc2's 1536 inputs: 113 MB at the pass's peak).
+        # split moments are views of them, not a second set of (splits, in, in) float64 copies (fc2's 1536
+        # inputs: 113 MB at the pass's peak).
         self._hq = torch.zeros(shape, dtype=torch.float64)
         self._cross = torch.zeros(shape, dtype=torch.float64)
         self._hx = torch.zeros(shape, dtype=torch.float64)
@@ -121,7 +121,7 @@ class LayerStats:
         # 3x faster, from bfloat16 copies with float32 sums (precision.bfloat16_input_products).
         exact_in_bfloat16 = x_fp.dtype == x_q.dtype == torch.bfloat16 and native_bfloat16()
         # Hx only feeds the diagnostics (and GQ's per-row scale), through Hee = E[e e^T]: with bfloat16 inputs it
-        # is taken as that, a plain bfloat16 Gram of the drift rounded to bfloat16 (about 2x the speed of an
+        # is taken as that, a plain bfloat16 Gram of the drift rounded to bfloat16 (about 1.7x the speed of an
         # exact product; its rounding is relative to the drift, so Hee keeps ~3 digits, plenty for the error
         # traces), instead of an exact Gram of x from which Hee is a difference of near-equal moments.
         hx_of_drift = self._direct and exact_in_bfloat16
